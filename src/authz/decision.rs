@@ -1,0 +1,276 @@
+//! What a Check decides: the pure policy logic between a parsed request and
+//! an allow or a deny. Building the wire response is [`super::response`]'s job.
+
+use std::borrow::Cow;
+
+use crate::jwks::KeysUnavailable;
+use crate::policy::{CompiledRule, DefaultAction, Mode, RequestPath, ServedPolicy};
+use crate::token::{TokenError, UnverifiedToken, VerifiedToken, unix_now};
+
+/// The parts of an HTTP request a decision reads.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpAttributes<'a> {
+    /// The normalized host the policy was looked up by.
+    pub host: &'a str,
+    /// The HTTP method.
+    pub method: &'a str,
+    /// The `:path`, query included.
+    pub path: &'a str,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<&'a str>,
+}
+
+/// The outcome of a Check.
+#[derive(Debug)]
+pub enum Decision {
+    /// Let the request through.
+    Allow(Allowed),
+    /// Answer the client directly.
+    Deny(Denial),
+}
+
+/// An allowed request.
+#[derive(Debug)]
+pub struct Allowed {
+    /// The verified token; `None` for an anonymous rule without a token.
+    pub token: Option<VerifiedToken>,
+    /// The rule that allowed it (`rules[i]`, or `default`).
+    pub rule: Cow<'static, str>,
+    /// In audit mode, the denial that was not enforced.
+    pub audited_denial: Option<Denial>,
+}
+
+/// Why a request is denied, in RFC 6750 terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// HTTP status: 401, 403 or 503.
+    pub status: u16,
+    /// RFC 6750 error code; `None` when no credentials were sent.
+    pub error: Option<&'static str>,
+    /// Short, human-readable, never containing token material.
+    pub description: Cow<'static, str>,
+    /// For `insufficient_scope`: the missing scopes, space-separated.
+    pub missing_scopes: Option<String>,
+    /// Stable label for logs and metrics.
+    pub reason: &'static str,
+    /// The rule that matched, if any.
+    pub rule: Option<Box<str>>,
+}
+
+impl Denial {
+    /// No policy serves the request's host.
+    pub fn unknown_host() -> Self {
+        Denial::forbidden("unknown_host", "no policy protects this host")
+    }
+
+    /// The request has no usable attributes.
+    pub fn malformed_request() -> Self {
+        Denial::forbidden(
+            "malformed_request",
+            "the check request has no HTTP attributes",
+        )
+    }
+
+    fn forbidden(reason: &'static str, description: impl Into<Cow<'static, str>>) -> Self {
+        Denial {
+            status: 403,
+            error: Some("access_denied"),
+            description: description.into(),
+            missing_scopes: None,
+            reason,
+            rule: None,
+        }
+    }
+
+    fn no_token() -> Self {
+        Denial {
+            status: 401,
+            error: None,
+            description: "a bearer token is required".into(),
+            missing_scopes: None,
+            reason: "missing_token",
+            rule: None,
+        }
+    }
+
+    fn invalid_token(error: &TokenError) -> Self {
+        Denial {
+            status: 401,
+            error: Some("invalid_token"),
+            description: error.to_string().into(),
+            missing_scopes: None,
+            reason: error.label(),
+            rule: None,
+        }
+    }
+
+    fn unavailable(error: &KeysUnavailable) -> Self {
+        tracing::warn!(%error, "denying with 503: no signing keys");
+        Denial {
+            status: 503,
+            error: Some("temporarily_unavailable"),
+            description: "the issuer's signing keys are not available yet".into(),
+            missing_scopes: None,
+            reason: "keys_unavailable",
+            rule: None,
+        }
+    }
+
+    fn with_rule(mut self, rule: Option<&CompiledRule>) -> Self {
+        self.rule = rule.map(|r| r.name.clone());
+        self
+    }
+}
+
+/// How the request presents its credentials.
+enum Credentials<'a> {
+    None,
+    Bearer(&'a str),
+    MalformedBearer,
+}
+
+/// Reads `Authorization: Bearer <token>`. The scheme is case-insensitive
+/// (RFC 7235); one or more spaces may follow it. Other schemes count as no
+/// bearer token.
+fn credentials(authorization: Option<&str>) -> Credentials<'_> {
+    let Some(value) = authorization else {
+        return Credentials::None;
+    };
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Credentials::None;
+    }
+    let token = rest.trim_start_matches(' ');
+    let token68 = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+    if token.is_empty() || !token.bytes().all(token68) {
+        Credentials::MalformedBearer
+    } else {
+        Credentials::Bearer(token)
+    }
+}
+
+/// Decides a request for the policy that serves its host, then applies the
+/// policy's mode: in audit mode a denial is logged by the caller and the
+/// request is allowed (with the token's claim headers if the token was valid).
+pub async fn decide(served: &ServedPolicy, request: &HttpAttributes<'_>) -> Decision {
+    match (enforce(served, request).await, served.policy.mode) {
+        (Ok(allowed), _) => Decision::Allow(allowed),
+        (Err((denial, _)), Mode::Enforce) => Decision::Deny(denial),
+        (Err((denial, token)), Mode::Audit) => Decision::Allow(Allowed {
+            token,
+            rule: denial
+                .rule
+                .as_deref()
+                .map_or(Cow::Borrowed("default"), |r| Cow::Owned(r.to_string())),
+            audited_denial: Some(denial),
+        }),
+    }
+}
+
+/// A denial, with the verified token when the token itself was fine.
+type Rejection = (Denial, Option<VerifiedToken>);
+
+async fn enforce(
+    served: &ServedPolicy,
+    request: &HttpAttributes<'_>,
+) -> Result<Allowed, Rejection> {
+    let policy = &served.policy;
+    let path = RequestPath::parse(request.path)
+        .map_err(|e| (Denial::forbidden("ambiguous_path", e.to_string()), None))?;
+    let rule = policy
+        .rules
+        .iter()
+        .find(|r| r.matches(request.method, &path));
+    let token = match credentials(request.authorization) {
+        Credentials::None if rule.is_some_and(|r| r.anonymous) => return Ok(allowed(None, rule)),
+        Credentials::None => return Err((Denial::no_token().with_rule(rule), None)),
+        Credentials::MalformedBearer => {
+            let error = TokenError::Malformed("bearer credentials are not a token");
+            return Err((Denial::invalid_token(&error).with_rule(rule), None));
+        }
+        Credentials::Bearer(token) => verify(served, token)
+            .await
+            .map_err(|denial| (denial.with_rule(rule), None))?,
+    };
+    let verdict = match rule {
+        None if policy.default_action == DefaultAction::Allow => Ok(()),
+        None => Err(Denial::forbidden("no_rule", "no rule allows this request")),
+        Some(rule) => {
+            check_rule(rule, &token, &policy.scope_claims).map_err(|d| d.with_rule(Some(rule)))
+        }
+    };
+    match verdict {
+        Ok(()) => Ok(allowed(Some(token), rule)),
+        Err(denial) => Err((denial, Some(token))),
+    }
+}
+
+fn allowed(token: Option<VerifiedToken>, rule: Option<&CompiledRule>) -> Allowed {
+    Allowed {
+        token,
+        rule: rule_name(rule),
+        audited_denial: None,
+    }
+}
+
+fn rule_name(rule: Option<&CompiledRule>) -> Cow<'static, str> {
+    rule.map_or(Cow::Borrowed("default"), |r| Cow::Owned(r.name.to_string()))
+}
+
+/// Verifies a token against the policy's issuer rules and keys.
+pub async fn verify(served: &ServedPolicy, token: &str) -> Result<VerifiedToken, Denial> {
+    let issuer = &served.policy.issuer;
+    let unverified =
+        UnverifiedToken::parse(token, issuer.algorithms).map_err(|e| Denial::invalid_token(&e))?;
+    let keys = served
+        .keys
+        .keys_for(unverified.key_id())
+        .await
+        .map_err(|e| Denial::unavailable(&e))?;
+    let key = keys
+        .verifier(unverified.key_id(), unverified.algorithm())
+        .map_err(|e| Denial::invalid_token(&e))?;
+    unverified
+        .verify(key, issuer, unix_now())
+        .map_err(|e| Denial::invalid_token(&e))
+}
+
+/// `allowedClients`, then `requireScopes`.
+fn check_rule(
+    rule: &CompiledRule,
+    token: &VerifiedToken,
+    scope_claims: &[Box<str>],
+) -> Result<(), Denial> {
+    if let Some(clients) = &rule.allowed_clients {
+        let allowed = token
+            .client_id()
+            .is_some_and(|id| clients.iter().any(|c| **c == *id));
+        if !allowed {
+            return Err(Denial::forbidden(
+                "client_not_allowed",
+                "this client is not allowed",
+            ));
+        }
+    }
+    if rule.require_scopes.is_empty() {
+        return Ok(());
+    }
+    let granted = token.scopes(scope_claims);
+    let missing: Vec<&str> = rule
+        .require_scopes
+        .iter()
+        .filter(|s| !granted.contains(s))
+        .map(|s| &**s)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Denial {
+        status: 403,
+        error: Some("insufficient_scope"),
+        description: "the token lacks a required scope".into(),
+        missing_scopes: Some(missing.join(" ")),
+        reason: "insufficient_scope",
+        rule: None,
+    })
+}

@@ -1,0 +1,366 @@
+//! The command line: `serve`, `validate`, `mint`, `check`, `crd`. Every flag
+//! can also be set with a `SCOPEGATE_*` environment variable.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, attribute_context,
+};
+use kube::CustomResourceExt as _;
+
+use crate::config::{PolicySource, ServeConfig};
+use crate::devissuer::{MintRequest, MintResponse};
+use crate::jwks::JwksSettings;
+use crate::policy::{TokenPolicy, files};
+use crate::telemetry::{LogFormat, init_logging};
+
+/// Bearer-token validation for Envoy/Istio ext_authz.
+#[derive(Debug, Parser)]
+#[command(name = "scopegate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the ext_authz gRPC service and the admin HTTP server.
+    Serve(ServeArgs),
+    /// Parse and compile policy files; print `file:document: field: message` for each problem.
+    Validate {
+        /// Policy files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Get a signed token from a dev issuer (development only).
+    Mint(MintArgs),
+    /// Send one CheckRequest and print the decision.
+    Check(CheckArgs),
+    /// Print the TokenPolicy CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// gRPC address (ext_authz, grpc.health.v1, reflection).
+    #[arg(long, env = "SCOPEGATE_LISTEN", default_value = "0.0.0.0:9001")]
+    listen: SocketAddr,
+    /// Admin HTTP address (/healthz, /readyz, /metrics).
+    #[arg(long, env = "SCOPEGATE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    admin_listen: SocketAddr,
+    /// Policy file or directory (repeatable; comma-separated in the env var). Watched and hot-reloaded.
+    #[arg(long = "policies", env = "SCOPEGATE_POLICIES", value_delimiter = ',')]
+    policies: Vec<PathBuf>,
+    /// Watch TokenPolicy objects in the cluster instead of files.
+    #[arg(long, env = "SCOPEGATE_KUBERNETES", conflicts_with = "policies")]
+    kubernetes: bool,
+    /// Namespace to watch with --kubernetes (repeatable; default: all).
+    #[arg(
+        long = "namespace",
+        env = "SCOPEGATE_NAMESPACES",
+        value_delimiter = ',',
+        requires = "kubernetes"
+    )]
+    namespaces: Vec<String>,
+    /// Also run a local OIDC issuer here (development only).
+    #[arg(long, env = "SCOPEGATE_DEV_ISSUER")]
+    dev_issuer: Option<SocketAddr>,
+    /// JWKS refresh interval when the issuer sends no Cache-Control max-age.
+    #[arg(long, env = "SCOPEGATE_JWKS_REFRESH_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    jwks_refresh_interval: Duration,
+    /// Lower bound of the JWKS refresh interval (also bounds max-age).
+    #[arg(long, env = "SCOPEGATE_JWKS_MIN_REFRESH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    jwks_min_refresh_interval: Duration,
+    /// Upper bound of the JWKS refresh interval (also bounds max-age).
+    #[arg(long, env = "SCOPEGATE_JWKS_MAX_REFRESH_INTERVAL", default_value = "24h", value_parser = humantime::parse_duration)]
+    jwks_max_refresh_interval: Duration,
+    /// Minimum time between JWKS refetches caused by unknown key ids.
+    #[arg(long, env = "SCOPEGATE_JWKS_MIN_REFETCH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    jwks_min_refetch_interval: Duration,
+    /// Timeout of one JWKS or discovery request.
+    #[arg(long, env = "SCOPEGATE_JWKS_FETCH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    jwks_fetch_timeout: Duration,
+    /// Time in-flight Checks get to finish after SIGTERM.
+    #[arg(long, env = "SCOPEGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// Log format.
+    #[arg(long, env = "SCOPEGATE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Args)]
+struct MintArgs {
+    /// The dev issuer's URL (printed by `serve --dev-issuer`).
+    #[arg(long, env = "SCOPEGATE_ISSUER")]
+    issuer: String,
+    /// `sub`.
+    #[arg(long, default_value = "dev-user")]
+    sub: String,
+    /// `aud` (repeatable).
+    #[arg(long)]
+    aud: Vec<String>,
+    /// `scope`, space-separated.
+    #[arg(long)]
+    scope: Option<String>,
+    /// Lifetime (e.g. 30s, 1h).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Extra claim `name=value`; a value that parses as JSON is used as JSON (repeatable).
+    #[arg(long = "claim", value_parser = parse_key_value)]
+    claims: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// scopegate's gRPC address.
+    #[arg(long, env = "SCOPEGATE_ADDR", default_value = "127.0.0.1:9001")]
+    addr: String,
+    /// Request host (`:authority`).
+    #[arg(long)]
+    host: String,
+    /// HTTP method.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Request path (query included).
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Bearer token (sets `authorization: Bearer …`).
+    #[arg(long)]
+    token: Option<String>,
+    /// Extra request header `name:value` (repeatable).
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// `context_extensions` entry `key=value`, as Envoy's per-route config sends it (repeatable).
+    #[arg(long = "context-extension", value_parser = parse_key_value)]
+    context_extensions: Vec<(String, String)>,
+}
+
+impl Cli {
+    /// Parses the process arguments and runs the command.
+    pub async fn run() -> ExitCode {
+        let cli = Cli::parse();
+        match cli.command.run().await {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+impl Command {
+    async fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Serve(args) => serve(args).await,
+            Command::Validate { paths } => Ok(validate(&paths)),
+            Command::Mint(args) => mint(args).await,
+            Command::Check(args) => check(args).await,
+            Command::Crd => {
+                print!("{}", serde_yaml_ng::to_string(&TokenPolicy::crd())?);
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let policies = if args.kubernetes {
+        PolicySource::Kubernetes {
+            namespaces: args.namespaces,
+        }
+    } else {
+        PolicySource::Files(args.policies)
+    };
+    let config = ServeConfig {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        policies,
+        dev_issuer: args.dev_issuer,
+        jwks: JwksSettings {
+            refresh_interval: args.jwks_refresh_interval,
+            min_refresh_interval: args.jwks_min_refresh_interval,
+            max_refresh_interval: args.jwks_max_refresh_interval,
+            min_refetch_interval: args.jwks_min_refetch_interval,
+            fetch_timeout: args.jwks_fetch_timeout,
+            ..JwksSettings::default()
+        },
+        shutdown_grace: args.shutdown_grace,
+    };
+    let running = crate::serve::start(config).await?;
+    if let Some(issuer) = running.dev_issuer() {
+        eprintln!(
+            "dev issuer: {}  (try: scopegate mint --issuer {})",
+            issuer.issuer(),
+            issuer.issuer()
+        );
+    }
+    crate::serve::shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(paths: &[PathBuf]) -> ExitCode {
+    match files::load(paths) {
+        Ok(loaded) => {
+            println!("ok: {} policies", loaded.len());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for error in errors {
+                println!("{error}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn mint(args: MintArgs) -> anyhow::Result<ExitCode> {
+    let claims = args
+        .claims
+        .into_iter()
+        .map(|(k, v)| {
+            let value = serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v));
+            (k, value)
+        })
+        .collect();
+    let request = MintRequest {
+        sub: Some(args.sub),
+        aud: args.aud,
+        scope: args.scope,
+        ttl_seconds: Some(args.ttl.as_secs()),
+        claims,
+    };
+    let url = format!("{}/token", args.issuer.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&request)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?
+        .error_for_status()?;
+    let minted: MintResponse = response.json().await.context("the dev issuer's answer")?;
+    println!("{}", minted.access_token);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let mut headers: HashMap<String, String> = args
+        .headers
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    if let Some(token) = args.token {
+        headers.insert("authorization".into(), format!("Bearer {token}"));
+    }
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: args.method.to_ascii_uppercase(),
+                    host: args.host.clone(),
+                    path: args.path,
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: args.context_extensions.into_iter().collect(),
+            ..Default::default()
+        }),
+    };
+    let endpoint = if args.addr.contains("://") {
+        args.addr
+    } else {
+        format!("http://{}", args.addr)
+    };
+    let mut client = AuthorizationClient::connect(endpoint.clone())
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))?;
+    let response = client.check(request).await?.into_inner();
+    print_decision(&response);
+    let allowed = response.status.as_ref().is_some_and(|s| s.code == 0);
+    if !allowed && response.http_response.is_none() {
+        bail!("the answer has neither an OK status nor an HTTP response");
+    }
+    Ok(if allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_decision(response: &CheckResponse) {
+    let header_line = |h: &envoy_types::pb::envoy::config::core::v3::HeaderValueOption| {
+        h.header
+            .as_ref()
+            .map(|h| format!("{}: {}", h.key, h.value))
+            .unwrap_or_default()
+    };
+    match &response.http_response {
+        Some(HttpResponse::OkResponse(ok)) => {
+            println!("ALLOW");
+            for h in &ok.headers {
+                println!("  set    {}", header_line(h));
+            }
+            for name in &ok.headers_to_remove {
+                println!("  remove {name}");
+            }
+        }
+        Some(HttpResponse::DeniedResponse(denied)) => {
+            let status = denied.status.as_ref().map_or(403, |s| s.code);
+            let reason = response
+                .status
+                .as_ref()
+                .map(|s| s.message.as_str())
+                .unwrap_or("");
+            println!("DENY {status} ({reason})");
+            for h in &denied.headers {
+                println!("  {}", header_line(h));
+            }
+            println!("  body: {}", denied.body);
+        }
+        Some(HttpResponse::ErrorResponse(_)) | None => {
+            println!(
+                "status code {}",
+                response.status.as_ref().map_or(-1, |s| s.code)
+            );
+        }
+    }
+    if let Some(metadata) = &response.dynamic_metadata {
+        let mut fields: Vec<_> = metadata
+            .fields
+            .iter()
+            .filter_map(|(k, v)| match &v.kind {
+                Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => {
+                    Some(format!("{k}={s}"))
+                }
+                _ => None,
+            })
+            .collect();
+        fields.sort();
+        println!("  metadata: {}", fields.join(" "));
+    }
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected name=value, got {s:?}"))
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    s.split_once(':')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .ok_or_else(|| format!("expected name:value, got {s:?}"))
+}

@@ -1,0 +1,98 @@
+//! The validated configuration of `scopegate serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::jwks::JwksSettings;
+
+/// Where policies come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// YAML files or directories, watched for changes.
+    Files(Vec<PathBuf>),
+    /// `TokenPolicy` objects in these namespaces (empty: all namespaces).
+    Kubernetes {
+        /// Namespaces to watch.
+        namespaces: Vec<String>,
+    },
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// gRPC listen address (ext_authz, health, reflection).
+    pub listen: SocketAddr,
+    /// HTTP admin listen address (`/healthz`, `/readyz`, `/metrics`).
+    pub admin_listen: SocketAddr,
+    /// The policy source.
+    pub policies: PolicySource,
+    /// Run a dev issuer on this address.
+    pub dev_issuer: Option<SocketAddr>,
+    /// JWKS fetching.
+    pub jwks: JwksSettings,
+    /// How long in-flight Checks may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+/// A configuration error that names the offending flag or variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Neither `--policies` nor `--kubernetes` was given, or both were.
+    #[error("{0}")]
+    PolicySource(&'static str),
+    /// A setting's value is out of range.
+    #[error("{flag}: {message}")]
+    Invalid {
+        /// The flag (and its environment variable).
+        flag: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ServeConfig {
+    /// A configuration for policy files, with defaults everywhere else;
+    /// convenient for embedding and tests.
+    pub fn with_policy_files(paths: Vec<PathBuf>) -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9001)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            policies: PolicySource::Files(paths),
+            dev_issuer: None,
+            jwks: JwksSettings::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// Checks cross-field constraints.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let PolicySource::Files(paths) = &self.policies
+            && paths.is_empty()
+        {
+            return Err(ConfigError::PolicySource(
+                "--policies (SCOPEGATE_POLICIES): give at least one policy file or directory, or use --kubernetes",
+            ));
+        }
+        let jwks = &self.jwks;
+        if jwks.min_refresh_interval > jwks.max_refresh_interval {
+            return Err(ConfigError::Invalid {
+                flag: "--jwks-min-refresh-interval (SCOPEGATE_JWKS_MIN_REFRESH_INTERVAL)",
+                message: "must not exceed --jwks-max-refresh-interval".into(),
+            });
+        }
+        if jwks.fetch_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                flag: "--jwks-fetch-timeout (SCOPEGATE_JWKS_FETCH_TIMEOUT)",
+                message: "must be greater than zero".into(),
+            });
+        }
+        if jwks.refresh_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                flag: "--jwks-refresh-interval (SCOPEGATE_JWKS_REFRESH_INTERVAL)",
+                message: "must be greater than zero".into(),
+            });
+        }
+        Ok(())
+    }
+}

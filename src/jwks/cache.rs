@@ -1,0 +1,277 @@
+//! One issuer's key cache: lock-free reads, coalesced and rate-limited
+//! refetches, background refresh.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use serde::Deserialize;
+
+use super::fetch::{FetchError, get_bounded};
+use super::{JwksSettings, JwksSource, KeySet};
+
+/// The cached keys of one [`JwksSource`].
+pub struct JwksCache {
+    source: JwksSource,
+    client: reqwest::Client,
+    settings: JwksSettings,
+    keys: ArcSwapOption<KeySet>,
+    /// Incremented after every fetch attempt; lets waiters see that a fetch
+    /// happened while they queued for `fetch_lock`.
+    attempts: AtomicU64,
+    fetch_lock: tokio::sync::Mutex<FetchState>,
+    report: Mutex<Report>,
+}
+
+#[derive(Default)]
+struct FetchState {
+    last_attempt: Option<Instant>,
+    /// The JWKS URI, once known (from the source or from discovery).
+    jwks_uri: Option<reqwest::Url>,
+}
+
+#[derive(Default, Clone)]
+struct Report {
+    jwks_uri: Option<String>,
+    last_success: Option<SystemTime>,
+    last_error: Option<String>,
+}
+
+/// A snapshot of a cache's health, for `/readyz` and policy status.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct JwksState {
+    /// The configured source (JWKS URI or discovery URL).
+    pub source: String,
+    /// The JWKS URI in use, once known.
+    pub jwks_uri: Option<String>,
+    /// Usable keys in the cache.
+    pub keys: usize,
+    /// When keys were last fetched successfully.
+    #[serde(with = "humantime_serde_opt")]
+    pub last_success: Option<SystemTime>,
+    /// The error of the last fetch, if it failed.
+    pub last_error: Option<String>,
+    /// Fetch attempts so far.
+    pub fetch_attempts: u64,
+}
+
+/// No keys have ever been fetched for this issuer: the policy cannot decide
+/// and answers 503.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("signing keys of the issuer are not available: {}", last_error.as_deref().unwrap_or("not fetched yet"))]
+pub struct KeysUnavailable {
+    /// Why the last fetch failed.
+    pub last_error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DiscoveryDocument {
+    issuer: String,
+    jwks_uri: String,
+}
+
+impl JwksCache {
+    /// Creates the cache and starts its refresh task (first fetch at once).
+    pub(crate) fn start(
+        source: JwksSource,
+        client: reqwest::Client,
+        settings: JwksSettings,
+    ) -> Arc<Self> {
+        let cache = Arc::new(JwksCache {
+            source,
+            client,
+            settings,
+            keys: ArcSwapOption::empty(),
+            attempts: AtomicU64::new(0),
+            fetch_lock: tokio::sync::Mutex::new(FetchState::default()),
+            report: Mutex::new(Report::default()),
+        });
+        tokio::spawn(refresh_loop(Arc::downgrade(&cache)));
+        cache
+    }
+
+    /// The source these keys come from.
+    pub fn source(&self) -> &JwksSource {
+        &self.source
+    }
+
+    /// The current keys, without any fetching.
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        self.keys.load_full()
+    }
+
+    /// Keys that can serve a token with this `kid`. On a miss (or before the
+    /// first successful fetch) refetches once, coalesced with concurrent
+    /// misses and at most once per `min_refetch_interval`; returns the keys as
+    /// they then are, so the caller reports an unknown `kid` if it is still
+    /// missing.
+    pub async fn keys_for(&self, kid: Option<&str>) -> Result<Arc<KeySet>, KeysUnavailable> {
+        let seen_attempts = self.attempts.load(Ordering::Acquire);
+        if let Some(keys) = self.keys.load_full()
+            && keys.has_key(kid)
+        {
+            return Ok(keys);
+        }
+        self.refetch_after_miss(seen_attempts).await;
+        self.keys.load_full().ok_or_else(|| KeysUnavailable {
+            last_error: self.lock_report().last_error.clone(),
+        })
+    }
+
+    /// The cache's health.
+    pub fn state(&self) -> JwksState {
+        let report = self.lock_report().clone();
+        JwksState {
+            source: self.source.to_string(),
+            jwks_uri: report.jwks_uri,
+            keys: self.keys.load().as_ref().map_or(0, |k| k.len()),
+            last_success: report.last_success,
+            last_error: report.last_error,
+            fetch_attempts: self.attempts.load(Ordering::Acquire),
+        }
+    }
+
+    async fn refetch_after_miss(&self, seen_attempts: u64) {
+        let mut state = self.fetch_lock.lock().await;
+        if self.attempts.load(Ordering::Acquire) != seen_attempts {
+            return; // another request fetched while this one waited
+        }
+        let min_interval = self.settings.min_refetch_interval;
+        if state
+            .last_attempt
+            .is_some_and(|at| at.elapsed() < min_interval)
+        {
+            return;
+        }
+        // The outcome is recorded in the report; the caller re-reads the keys.
+        let _ = self.fetch_locked(&mut state).await;
+    }
+
+    /// Fetches and stores keys; returns the server's max-age on success.
+    async fn fetch_locked(&self, state: &mut FetchState) -> Result<Option<Duration>, ()> {
+        state.last_attempt = Some(Instant::now());
+        let result = self.fetch(state).await;
+        self.attempts.fetch_add(1, Ordering::AcqRel);
+        let mut report = self.lock_report();
+        report.jwks_uri = state.jwks_uri.as_ref().map(ToString::to_string);
+        match result {
+            Ok((keys, max_age)) => {
+                tracing::debug!(source = %self.source, keys = keys.len(), "fetched JWKS");
+                self.keys.store(Some(Arc::new(keys)));
+                report.last_success = Some(SystemTime::now());
+                report.last_error = None;
+                Ok(max_age)
+            }
+            Err(error) => {
+                tracing::warn!(source = %self.source, %error, "JWKS fetch failed; keeping cached keys");
+                if matches!(self.source, JwksSource::Discovery { .. }) {
+                    state.jwks_uri = None; // rediscover next time
+                }
+                report.last_error = Some(error.to_string());
+                Err(())
+            }
+        }
+    }
+
+    async fn fetch(
+        &self,
+        state: &mut FetchState,
+    ) -> Result<(KeySet, Option<Duration>), FetchError> {
+        let jwks_uri = match &state.jwks_uri {
+            Some(uri) => uri.clone(),
+            None => {
+                let uri = self.resolve_jwks_uri().await?;
+                state.jwks_uri = Some(uri.clone());
+                uri
+            }
+        };
+        let fetched =
+            get_bounded(&self.client, &jwks_uri, self.settings.max_response_bytes).await?;
+        let keys = KeySet::from_json(&fetched.body).map_err(|source| FetchError::KeySet {
+            url: jwks_uri.to_string(),
+            source,
+        })?;
+        Ok((keys, fetched.max_age))
+    }
+
+    async fn resolve_jwks_uri(&self) -> Result<reqwest::Url, FetchError> {
+        let (issuer, configuration) = match &self.source {
+            JwksSource::Uri(uri) => return Ok(uri.clone()),
+            JwksSource::Discovery {
+                issuer,
+                configuration,
+            } => (issuer, configuration),
+        };
+        let invalid = |reason: String| FetchError::Discovery {
+            url: configuration.to_string(),
+            reason,
+        };
+        let fetched = get_bounded(
+            &self.client,
+            configuration,
+            self.settings.max_response_bytes,
+        )
+        .await?;
+        let document: DiscoveryDocument = serde_json::from_slice(&fetched.body)
+            .map_err(|e| invalid(format!("not an OpenID configuration: {e}")))?;
+        if document.issuer != *issuer {
+            return Err(invalid(format!(
+                "discovery issuer {:?} differs from the policy's issuer {issuer:?}",
+                document.issuer
+            )));
+        }
+        reqwest::Url::parse(&document.jwks_uri).map_err(|e| invalid(format!("jwks_uri: {e}")))
+    }
+
+    fn next_refresh(&self, outcome: Result<Option<Duration>, ()>, failures: &mut u32) -> Duration {
+        let settings = &self.settings;
+        match outcome {
+            Ok(max_age) => {
+                *failures = 0;
+                max_age
+                    .unwrap_or(settings.refresh_interval)
+                    .clamp(settings.min_refresh_interval, settings.max_refresh_interval)
+            }
+            Err(()) => {
+                *failures = failures.saturating_add(1);
+                let backoff = Duration::from_millis(500) * 2u32.saturating_pow((*failures).min(8));
+                backoff
+                    .min(Duration::from_secs(30))
+                    .min(settings.refresh_interval)
+            }
+        }
+    }
+
+    fn lock_report(&self) -> std::sync::MutexGuard<'_, Report> {
+        self.report.lock().expect("report lock is never poisoned")
+    }
+}
+
+/// Refreshes `cache` for as long as some policy holds it.
+async fn refresh_loop(cache: Weak<JwksCache>) {
+    let mut failures = 0;
+    loop {
+        let delay = {
+            let Some(cache) = cache.upgrade() else { return };
+            let mut state = cache.fetch_lock.lock().await;
+            let outcome = cache.fetch_locked(&mut state).await;
+            cache.next_refresh(outcome, &mut failures)
+        };
+        tokio::time::sleep(delay).await;
+    }
+}
+
+mod humantime_serde_opt {
+    use std::time::SystemTime;
+
+    pub fn serialize<S: serde::Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! A JWKS document parsed once into verification-ready keys.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use aws_lc_rs::signature::ParsedPublicKey;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+
+use crate::token::{Algorithm, KeyFamily, TokenError};
+
+/// The usable signing keys of one JWKS document, each pre-parsed for every
+/// algorithm it may verify. Lookups do no parsing.
+pub struct KeySet {
+    keys: Vec<PreparedKey>,
+    by_kid: HashMap<String, usize>,
+}
+
+struct PreparedKey {
+    kid: Option<String>,
+    verifiers: Vec<(Algorithm, ParsedPublicKey)>,
+}
+
+/// Why a JWKS document could not be used at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeySetError {
+    /// The body is not a JSON object with a `keys` array.
+    #[error("JWKS is not a JSON object with a \"keys\" array: {0}")]
+    NotJwks(String),
+    /// No key in the document is a usable signing key.
+    #[error("JWKS has no usable signing key ({skipped} skipped)")]
+    NoUsableKeys {
+        /// How many keys were present but unusable.
+        skipped: usize,
+    },
+}
+
+#[derive(Deserialize)]
+struct JwksDocument {
+    keys: Vec<serde_json::Value>,
+}
+
+/// The JWK members scopegate reads (RFC 7517/7518/8037).
+#[derive(Deserialize)]
+struct Jwk {
+    kty: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default, rename = "use")]
+    use_: Option<String>,
+    #[serde(default)]
+    alg: Option<String>,
+    #[serde(default)]
+    key_ops: Option<Vec<String>>,
+    #[serde(default)]
+    n: Option<String>,
+    #[serde(default)]
+    e: Option<String>,
+    #[serde(default)]
+    crv: Option<String>,
+    #[serde(default)]
+    x: Option<String>,
+    #[serde(default)]
+    y: Option<String>,
+}
+
+impl KeySet {
+    /// Parses a JWKS document. Keys that are not public signing keys of a
+    /// supported type (`use` other than `sig`, symmetric `oct` keys, unknown
+    /// `alg`, malformed components, RSA under 2048 bits) are skipped; a
+    /// document with no usable key is an error.
+    pub fn from_json(body: &[u8]) -> Result<Self, KeySetError> {
+        let document: JwksDocument =
+            serde_json::from_slice(body).map_err(|e| KeySetError::NotJwks(e.to_string()))?;
+        let total = document.keys.len();
+        let mut keys = Vec::with_capacity(total);
+        for raw in document.keys {
+            match serde_json::from_value::<Jwk>(raw).ok().and_then(prepare) {
+                Some(key) => keys.push(key),
+                None => tracing::debug!("skipping a JWKS key that is not a usable signing key"),
+            }
+        }
+        if keys.is_empty() {
+            return Err(KeySetError::NoUsableKeys { skipped: total });
+        }
+        let mut by_kid = HashMap::with_capacity(keys.len());
+        for (index, key) in keys.iter().enumerate() {
+            if let Some(kid) = &key.kid {
+                // A duplicate kid keeps its first key, deterministically.
+                by_kid.entry(kid.clone()).or_insert(index);
+            }
+        }
+        Ok(KeySet { keys, by_kid })
+    }
+
+    /// How many usable keys the set holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the set is empty (never true for a set built by `from_json`).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Whether a key with this `kid` exists (a token without `kid` is served
+    /// by the only key of a single-key set).
+    pub fn has_key(&self, kid: Option<&str>) -> bool {
+        self.find(kid).is_ok()
+    }
+
+    /// The key that verifies `alg` for a token with this `kid`.
+    pub fn verifier(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<&ParsedPublicKey, TokenError> {
+        self.find(kid)?
+            .verifiers
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, key)| key)
+            .ok_or(TokenError::KeyAlgorithmMismatch)
+    }
+
+    fn find(&self, kid: Option<&str>) -> Result<&PreparedKey, TokenError> {
+        match kid {
+            Some(kid) => self
+                .by_kid
+                .get(kid)
+                .map(|&i| &self.keys[i])
+                .ok_or(TokenError::UnknownKey),
+            None if self.keys.len() == 1 => Ok(&self.keys[0]),
+            None => Err(TokenError::AmbiguousKey),
+        }
+    }
+
+    /// The key ids in the set, for logs and tests.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().filter_map(|k| k.kid.as_deref())
+    }
+}
+
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeySet")
+            .field("kids", &self.key_ids().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Builds the verifiers of one JWK, or `None` if it is not usable.
+fn prepare(jwk: Jwk) -> Option<PreparedKey> {
+    if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
+        return None;
+    }
+    if jwk
+        .key_ops
+        .as_ref()
+        .is_some_and(|ops| !ops.iter().any(|op| op == "verify"))
+    {
+        return None;
+    }
+    let candidates: Vec<Algorithm> = match &jwk.alg {
+        Some(alg) => vec![alg.parse().ok()?],
+        None => Algorithm::ALL.to_vec(),
+    };
+    let verifiers: Vec<_> = candidates
+        .into_iter()
+        .filter_map(|alg| Some((alg, parse_public_key(&jwk, alg)?)))
+        .collect();
+    if verifiers.is_empty() {
+        return None;
+    }
+    Some(PreparedKey {
+        kid: jwk.kid,
+        verifiers,
+    })
+}
+
+fn parse_public_key(jwk: &Jwk, alg: Algorithm) -> Option<ParsedPublicKey> {
+    let component = |c: &Option<String>| URL_SAFE_NO_PAD.decode(c.as_deref()?).ok();
+    match (alg.key_family(), jwk.kty.as_str()) {
+        (KeyFamily::Rsa, "RSA") => {
+            let components = aws_lc_rs::rsa::PublicKeyComponents {
+                n: component(&jwk.n)?,
+                e: component(&jwk.e)?,
+            };
+            components.to_parsed_public_key(alg.rsa_parameters()?).ok()
+        }
+        (KeyFamily::Ec(curve), "EC") if jwk.crv.as_deref() == Some(curve) => {
+            let (x, y) = (component(&jwk.x)?, component(&jwk.y)?);
+            let coordinate_len = if curve == "P-256" { 32 } else { 48 };
+            if x.len() != coordinate_len || y.len() != coordinate_len {
+                return None;
+            }
+            let mut point = Vec::with_capacity(1 + 2 * coordinate_len);
+            point.push(0x04);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            ParsedPublicKey::new(alg.verification(), point).ok()
+        }
+        (KeyFamily::Ed25519, "OKP") if jwk.crv.as_deref() == Some("Ed25519") => {
+            ParsedPublicKey::new(alg.verification(), component(&jwk.x)?).ok()
+        }
+        _ => None,
+    }
+}

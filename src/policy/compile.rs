@@ -1,0 +1,386 @@
+//! `TokenPolicySpec` → [`CompiledPolicy`]: every string the Check path needs
+//! is parsed here, once. Compilation is also what `scopegate validate` runs.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::matching::{HostPattern, PathPattern};
+use super::spec::{DefaultAction, Mode, RuleSpec, TokenPolicySpec};
+use crate::jwks::JwksSource;
+use crate::token::{Algorithm, AlgorithmSet, IssuerRules};
+
+/// A policy's identity: `namespace/name`.
+pub type PolicyId = Arc<str>;
+
+/// A policy ready for the Check path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledPolicy {
+    /// `namespace/name`.
+    pub id: PolicyId,
+    /// The hosts it claims.
+    pub hosts: Vec<HostPattern>,
+    /// What tokens must say.
+    pub issuer: IssuerRules,
+    /// Where the issuer's keys are.
+    pub jwks_source: JwksSource,
+    /// Claims that carry scopes.
+    pub scope_claims: Box<[Box<str>]>,
+    /// Rules in order; the first match decides.
+    pub rules: Box<[CompiledRule]>,
+    /// What happens when no rule matches.
+    pub default_action: DefaultAction,
+    /// Headers set from claims on allow.
+    pub claim_headers: Box<[ClaimHeader]>,
+    /// Enforce or audit.
+    pub mode: Mode,
+}
+
+/// A compiled `rules[i]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledRule {
+    /// `rules[i]`, for logs and metadata.
+    pub name: Box<str>,
+    methods: Option<Box<[Box<str>]>>,
+    paths: Option<Box<[PathPattern]>>,
+    /// Scopes the token must all have.
+    pub require_scopes: Box<[Box<str>]>,
+    /// If set, `azp`/`client_id` must be one of these.
+    pub allowed_clients: Option<Box<[Box<str>]>>,
+    /// No token needed.
+    pub anonymous: bool,
+}
+
+impl CompiledRule {
+    /// Whether this rule applies to the request.
+    pub fn matches(&self, method: &str, path: &super::RequestPath<'_>) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|methods| methods.iter().any(|m| **m == *method))
+            && self
+                .paths
+                .as_ref()
+                .is_none_or(|paths| paths.iter().any(|p| p.matches(path)))
+    }
+}
+
+/// A compiled `claimHeaders[i]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    /// Lowercase header name.
+    pub header: Box<str>,
+    /// Claim name.
+    pub claim: Box<str>,
+}
+
+/// One thing wrong with a policy: where (`spec.rules[1].paths[0]`) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field path, e.g. `spec.issuer.audiences`.
+    pub field: String,
+    /// What is wrong, and how to fix it where that is not obvious.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Header names a policy may not set: hop-by-hop, routing and credential
+/// headers, and Envoy's own.
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "content-type",
+];
+
+impl CompiledPolicy {
+    /// Compiles `spec`, collecting every error rather than stopping at the
+    /// first.
+    pub fn compile(id: PolicyId, spec: &TokenPolicySpec) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Errors::default();
+
+        if spec.hosts.is_empty() {
+            errors.add("spec.hosts", "must list at least one host");
+        }
+        let hosts = spec
+            .hosts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| errors.check(format!("spec.hosts[{i}]"), HostPattern::parse(h)))
+            .collect();
+
+        let issuer = compile_issuer(spec, &mut errors);
+
+        if spec.scope_claims.is_empty() {
+            errors.add("spec.scopeClaims", "must list at least one claim");
+        }
+        for (i, claim) in spec.scope_claims.iter().enumerate() {
+            if claim.is_empty() {
+                errors.add(format!("spec.scopeClaims[{i}]"), "must not be empty");
+            }
+        }
+
+        let rules = spec
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| compile_rule(i, rule, &mut errors))
+            .collect();
+
+        let mut claim_headers: Vec<ClaimHeader> = Vec::with_capacity(spec.claim_headers.len());
+        for (i, ch) in spec.claim_headers.iter().enumerate() {
+            let field = format!("spec.claimHeaders[{i}]");
+            if let Err(message) = check_header_name(&ch.header) {
+                errors.add(format!("{field}.header"), message);
+            } else if claim_headers.iter().any(|c| *c.header == *ch.header) {
+                errors.add(format!("{field}.header"), "is set by an earlier entry");
+            }
+            if ch.claim.is_empty() {
+                errors.add(format!("{field}.claim"), "must not be empty");
+            }
+            claim_headers.push(ClaimHeader {
+                header: ch.header.as_str().into(),
+                claim: ch.claim.as_str().into(),
+            });
+        }
+
+        match (errors.0.is_empty(), issuer) {
+            (true, Some((issuer, jwks_source))) => Ok(CompiledPolicy {
+                id,
+                hosts,
+                issuer,
+                jwks_source,
+                scope_claims: boxed_strs(&spec.scope_claims),
+                rules,
+                default_action: spec.default_action,
+                claim_headers: claim_headers.into(),
+                mode: spec.mode,
+            }),
+            _ => Err(errors.0),
+        }
+    }
+}
+
+fn compile_issuer(
+    spec: &TokenPolicySpec,
+    errors: &mut Errors,
+) -> Option<(IssuerRules, JwksSource)> {
+    let issuer = &spec.issuer;
+    let mut ok = true;
+    if issuer.audiences.is_empty() {
+        errors.add(
+            "spec.issuer.audiences",
+            "must list at least one audience (the Auth0 API identifier)",
+        );
+        ok = false;
+    }
+    for (i, aud) in issuer.audiences.iter().enumerate() {
+        if aud.is_empty() {
+            errors.add(format!("spec.issuer.audiences[{i}]"), "must not be empty");
+            ok = false;
+        }
+    }
+    let mut algorithms = AlgorithmSet::default();
+    for (i, name) in issuer.algorithms.iter().enumerate() {
+        match name.parse::<Algorithm>() {
+            Ok(alg) => algorithms.insert(alg),
+            Err(e) => {
+                errors.add(
+                    format!("spec.issuer.algorithms[{i}]"),
+                    format!("{name:?}: {e}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    if issuer.algorithms.is_empty() {
+        errors.add(
+            "spec.issuer.algorithms",
+            "must list at least one algorithm (or be omitted for [RS256])",
+        );
+        ok = false;
+    }
+    if issuer.clock_skew_seconds > 600 {
+        errors.add("spec.issuer.clockSkewSeconds", "must be at most 600");
+        ok = false;
+    }
+    let source = match &issuer.jwks_uri {
+        Some(uri) => errors
+            .check("spec.issuer.jwksUri".to_string(), parse_fetch_url(uri))
+            .map(JwksSource::Uri),
+        None => errors
+            .check("spec.issuer.url".to_string(), discovery_url(&issuer.url))
+            .map(|configuration| JwksSource::Discovery {
+                issuer: issuer.url.clone(),
+                configuration,
+            }),
+    };
+    if issuer.url.is_empty() {
+        errors.add("spec.issuer.url", "must not be empty");
+        ok = false;
+    }
+    let source = source?;
+    ok.then(|| {
+        (
+            IssuerRules {
+                issuer: issuer.url.as_str().into(),
+                audiences: boxed_strs(&issuer.audiences),
+                algorithms,
+                clock_skew_seconds: issuer.clock_skew_seconds.into(),
+            },
+            source,
+        )
+    })
+}
+
+fn compile_rule(index: usize, rule: &RuleSpec, errors: &mut Errors) -> CompiledRule {
+    let field = format!("spec.rules[{index}]");
+    let methods = rule.methods.as_ref().map(|methods| {
+        if methods.is_empty() {
+            errors.add(
+                format!("{field}.methods"),
+                "must not be empty (omit it to match any method)",
+            );
+        }
+        methods
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    errors.add(
+                        format!("{field}.methods[{i}]"),
+                        format!("{m:?} is not an HTTP method"),
+                    );
+                }
+                m.to_ascii_uppercase().into_boxed_str()
+            })
+            .collect()
+    });
+    let paths = rule.paths.as_ref().map(|paths| {
+        if paths.is_empty() {
+            errors.add(
+                format!("{field}.paths"),
+                "must not be empty (omit it to match any path)",
+            );
+        }
+        paths
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| errors.check(format!("{field}.paths[{i}]"), PathPattern::parse(p)))
+            .collect()
+    });
+    for (i, scope) in rule.require_scopes.iter().enumerate() {
+        if scope.is_empty() || scope.contains(char::is_whitespace) || scope.contains('"') {
+            errors.add(
+                format!("{field}.requireScopes[{i}]"),
+                "must be one non-empty scope without spaces or quotes",
+            );
+        }
+    }
+    if let Some(clients) = &rule.allowed_clients
+        && clients.is_empty()
+    {
+        errors.add(
+            format!("{field}.allowedClients"),
+            "must not be empty (omit it to allow any client)",
+        );
+    }
+    if rule.anonymous && (!rule.require_scopes.is_empty() || rule.allowed_clients.is_some()) {
+        errors.add(
+            format!("{field}.anonymous"),
+            "an anonymous rule cannot also require scopes or clients",
+        );
+    }
+    CompiledRule {
+        name: format!("rules[{index}]").into(),
+        methods,
+        paths,
+        require_scopes: boxed_strs(&rule.require_scopes),
+        allowed_clients: rule.allowed_clients.as_deref().map(boxed_strs),
+        anonymous: rule.anonymous,
+    }
+}
+
+fn check_header_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!("{name:?} must be lowercase"));
+    }
+    let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !name.bytes().all(token_char) {
+        return Err(format!("{name:?} is not a valid HTTP header name"));
+    }
+    if RESERVED_HEADERS.contains(&name) || name.starts_with("x-envoy-") {
+        return Err(format!(
+            "{name:?} is reserved and cannot be set from a claim"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a URL scopegate will fetch: https, or http to a loopback host.
+fn parse_fetch_url(value: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(value).map_err(|e| format!("{value:?} is not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(format!(
+            "{value:?} must use https (http is allowed only for loopback hosts)"
+        )),
+        other => Err(format!("{value:?} has unsupported scheme {other:?}")),
+    }
+}
+
+/// `{issuer}/.well-known/openid-configuration`.
+fn discovery_url(issuer: &str) -> Result<reqwest::Url, String> {
+    let base = if issuer.ends_with('/') {
+        issuer.to_string()
+    } else {
+        format!("{issuer}/")
+    };
+    parse_fetch_url(&format!("{base}.well-known/openid-configuration"))
+        .map_err(|e| format!("{e}; without jwksUri the issuer URL is used for OIDC discovery"))
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+fn boxed_strs(items: &[String]) -> Box<[Box<str>]> {
+    items.iter().map(|s| s.as_str().into()).collect()
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn check<T>(&mut self, field: String, result: Result<T, String>) -> Option<T> {
+        result.map_err(|message| self.add(field, message)).ok()
+    }
+}

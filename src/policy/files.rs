@@ -1,0 +1,301 @@
+//! Policies from YAML files: the source that needs no cluster.
+//!
+//! A path is a file or a directory of `*.yaml`/`*.yml` files (not recursive;
+//! hidden entries such as a ConfigMap mount's `..data` are skipped). A file
+//! may hold several `---`-separated documents, each a `TokenPolicy` exactly
+//! as it would be applied to a cluster.
+//!
+//! Files are all-or-nothing: if any document is invalid, the whole set is
+//! rejected with `file:document: field.path: message` lines and, when
+//! reloading, the last good set keeps serving.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use notify::Watcher as _;
+use serde::Deserialize;
+
+use super::{
+    Candidate, CompiledPolicy, PolicyId, PolicySnapshot, PolicyState, SnapshotHandle,
+    TokenPolicySpec,
+};
+use crate::jwks::JwksRegistry;
+
+/// The `apiVersion` every document must have.
+pub const API_VERSION: &str = "scopegate.dev/v1alpha1";
+
+/// One problem in one document: `file:document: field.path: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileError {
+    /// The file.
+    pub file: PathBuf,
+    /// The 1-based document index within the file (0: the file itself).
+    pub document: usize,
+    /// The field path, or a short label when the document could not be read.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file.display(),
+            self.document,
+            self.field,
+            self.message
+        )
+    }
+}
+
+/// A compiled policy and the document it came from.
+#[derive(Debug)]
+pub struct LoadedPolicy {
+    /// Where it was defined.
+    pub file: PathBuf,
+    /// The 1-based document index.
+    pub document: usize,
+    /// The compiled policy.
+    pub policy: CompiledPolicy,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PolicyDocument {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    spec: TokenPolicySpec,
+    #[serde(default)]
+    #[allow(dead_code)]
+    status: Option<serde_json::Value>,
+}
+
+/// Reads and compiles every policy under `paths`, in path order (files of a
+/// directory sorted by name). Any error rejects the whole set.
+pub fn load(paths: &[PathBuf]) -> Result<Vec<LoadedPolicy>, Vec<FileError>> {
+    let mut errors = Vec::new();
+    let mut loaded: Vec<LoadedPolicy> = Vec::new();
+    for file in expand(paths, &mut errors) {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => load_file(&file, &text, &mut loaded, &mut errors),
+            Err(e) => errors.push(file_error(&file, 0, "file", e.to_string())),
+        }
+    }
+    check_unique_and_disjoint(&loaded, &mut errors);
+    if errors.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The files named by `paths`: files as given, directories expanded.
+fn expand(paths: &[PathBuf], errors: &mut Vec<FileError>) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        match std::fs::read_dir(path) {
+            Ok(entries) => {
+                let mut in_dir: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| is_policy_file(p))
+                    .collect();
+                in_dir.sort();
+                files.extend(in_dir);
+            }
+            Err(e) => errors.push(file_error(path, 0, "directory", e.to_string())),
+        }
+    }
+    files
+}
+
+fn is_policy_file(path: &Path) -> bool {
+    let visible = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| !n.starts_with('.'));
+    let yaml = path
+        .extension()
+        .is_some_and(|ext| ext == "yaml" || ext == "yml");
+    visible && yaml && path.is_file()
+}
+
+fn load_file(file: &Path, text: &str, loaded: &mut Vec<LoadedPolicy>, errors: &mut Vec<FileError>) {
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let number = index + 1;
+        let value = match serde_yaml_ng::Value::deserialize(document) {
+            Ok(serde_yaml_ng::Value::Null) => continue, // empty document
+            Ok(value) => value,
+            Err(e) => {
+                errors.push(file_error(file, number, "yaml", e.to_string()));
+                // A syntax error ends the stream: later documents cannot be read.
+                return;
+            }
+        };
+        match parse_document(value) {
+            Ok((id, spec)) => match CompiledPolicy::compile(id, &spec) {
+                Ok(policy) => loaded.push(LoadedPolicy {
+                    file: file.to_path_buf(),
+                    document: number,
+                    policy,
+                }),
+                Err(field_errors) => errors.extend(
+                    field_errors
+                        .into_iter()
+                        .map(|e| file_error(file, number, e.field, e.message)),
+                ),
+            },
+            Err((field, message)) => errors.push(file_error(file, number, field, message)),
+        }
+    }
+}
+
+/// Checks the envelope and returns the policy id and spec.
+fn parse_document(
+    value: serde_yaml_ng::Value,
+) -> Result<(PolicyId, TokenPolicySpec), (String, String)> {
+    let document: PolicyDocument = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "document".to_string()
+        } else {
+            path
+        };
+        (field, e.into_inner().to_string())
+    })?;
+    if document.api_version != API_VERSION {
+        return Err(("apiVersion".into(), format!("must be {API_VERSION:?}")));
+    }
+    if document.kind != "TokenPolicy" {
+        return Err(("kind".into(), "must be \"TokenPolicy\"".into()));
+    }
+    let name = document
+        .metadata
+        .name
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ("metadata.name".to_string(), "is required".to_string()))?;
+    let namespace = document
+        .metadata
+        .namespace
+        .unwrap_or_else(|| "default".into());
+    Ok((format!("{namespace}/{name}").into(), document.spec))
+}
+
+/// Rejects duplicate names and hosts claimed twice (in files, unlike in a
+/// cluster, both are mistakes of one author).
+fn check_unique_and_disjoint(loaded: &[LoadedPolicy], errors: &mut Vec<FileError>) {
+    let mut ids = HashSet::new();
+    for p in loaded {
+        if !ids.insert(&p.policy.id) {
+            errors.push(file_error(
+                &p.file,
+                p.document,
+                "metadata.name",
+                format!("policy {} is defined more than once", p.policy.id),
+            ));
+        }
+    }
+    let candidates = loaded
+        .iter()
+        .map(|p| Candidate {
+            id: p.policy.id.clone(),
+            compiled: Ok(p.policy.clone()),
+        })
+        .collect();
+    for ((_, state), p) in PolicySnapshot::states_of(candidates).iter().zip(loaded) {
+        if let PolicyState::HostConflict { host, winner } = state {
+            errors.push(file_error(
+                &p.file,
+                p.document,
+                "spec.hosts",
+                format!("host {host:?} is already claimed by policy {winner}"),
+            ));
+        }
+    }
+}
+
+fn file_error(
+    file: &Path,
+    document: usize,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> FileError {
+    FileError {
+        file: file.to_path_buf(),
+        document,
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Loads `paths` and publishes them into `handle`.
+pub fn load_and_publish(
+    paths: &[PathBuf],
+    registry: &JwksRegistry,
+    handle: &SnapshotHandle,
+) -> Result<usize, Vec<FileError>> {
+    let loaded = load(paths)?;
+    let count = loaded.len();
+    let candidates = loaded
+        .into_iter()
+        .map(|l| Candidate {
+            id: l.policy.id.clone(),
+            compiled: Ok(l.policy),
+        })
+        .collect();
+    handle.publish(PolicySnapshot::build(candidates, registry));
+    Ok(count)
+}
+
+/// Watches `paths` and republishes on every change, after a short debounce.
+/// An invalid change is logged and the previous snapshot keeps serving.
+/// The returned watcher must be kept alive.
+pub fn watch(
+    paths: Vec<PathBuf>,
+    registry: JwksRegistry,
+    handle: SnapshotHandle,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    })?;
+    for path in &paths {
+        // Watch a file's directory: editors and ConfigMap updates replace
+        // files by renaming, which a watch on the file itself would miss.
+        let target = if path.is_dir() {
+            path.as_path()
+        } else {
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+        };
+        watcher.watch(target, notify::RecursiveMode::NonRecursive)?;
+    }
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: let a burst of writes settle, then reload once.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            match load_and_publish(&paths, &registry, &handle) {
+                Ok(count) => tracing::info!(policies = count, "reloaded policy files"),
+                Err(errors) => {
+                    for error in &errors {
+                        tracing::error!(%error, "invalid policy file; keeping the last good policies");
+                    }
+                }
+            }
+        }
+    });
+    Ok(watcher)
+}

@@ -1,0 +1,15 @@
+//! Policies: the `TokenPolicy` schema ([`spec`]), its compiled form
+//! ([`CompiledPolicy`]), host and path matching, the host-indexed
+//! [`PolicySnapshot`] swapped atomically behind a [`SnapshotHandle`], and the
+//! file source ([`files`]).
+
+mod compile;
+pub mod files;
+mod matching;
+mod snapshot;
+pub mod spec;
+
+pub use compile::{ClaimHeader, CompiledPolicy, CompiledRule, FieldError, PolicyId};
+pub use matching::{AmbiguousPath, HostPattern, PathPattern, RequestPath, normalize_host};
+pub use snapshot::{Candidate, PolicySnapshot, PolicyState, ServedPolicy, SnapshotHandle};
+pub use spec::{DefaultAction, Mode, TokenPolicy, TokenPolicySpec};

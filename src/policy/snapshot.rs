@@ -1,0 +1,178 @@
+//! The set of policies in force, indexed by host and swapped atomically.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::compile::{CompiledPolicy, FieldError, PolicyId};
+use super::matching::HostPattern;
+use crate::jwks::{JwksCache, JwksRegistry};
+
+/// A compiled policy bound to its issuer's key cache.
+#[derive(Debug)]
+pub struct ServedPolicy {
+    /// The compiled policy.
+    pub policy: CompiledPolicy,
+    /// The issuer's keys.
+    pub keys: Arc<JwksCache>,
+}
+
+impl std::fmt::Debug for JwksCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksCache")
+            .field("source", self.source())
+            .finish()
+    }
+}
+
+/// Whether a policy is in force, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyState {
+    /// Compiled and serving all its hosts.
+    Accepted,
+    /// The spec does not compile.
+    Invalid(Vec<FieldError>),
+    /// An older policy already claims one of its hosts; this one serves none.
+    HostConflict {
+        /// The contested host pattern.
+        host: String,
+        /// The policy that keeps it.
+        winner: PolicyId,
+    },
+}
+
+/// A policy offered to [`PolicySnapshot::build`].
+#[derive(Debug)]
+pub struct Candidate {
+    /// `namespace/name`.
+    pub id: PolicyId,
+    /// The compilation result.
+    pub compiled: Result<CompiledPolicy, Vec<FieldError>>,
+}
+
+/// Policies in force, indexed by host, plus the state of every candidate.
+#[derive(Debug, Default)]
+pub struct PolicySnapshot {
+    served: Vec<Arc<ServedPolicy>>,
+    exact: HashMap<Box<str>, usize>,
+    wildcard: HashMap<Box<str>, usize>,
+    states: Vec<(PolicyId, PolicyState)>,
+}
+
+impl PolicySnapshot {
+    /// Indexes `candidates`, which must be ordered oldest first: on a host
+    /// conflict the earlier candidate keeps the host and the later one is not
+    /// served. Key caches come from `registry` (shared with the previous
+    /// snapshot where the source is unchanged).
+    pub fn build(candidates: Vec<Candidate>, registry: &JwksRegistry) -> Self {
+        let (accepted, states) = assign_hosts(candidates);
+        let mut snapshot = PolicySnapshot {
+            states,
+            ..PolicySnapshot::default()
+        };
+        for policy in accepted {
+            let index = snapshot.served.len();
+            for host in &policy.hosts {
+                match host {
+                    HostPattern::Exact(h) => snapshot.exact.insert(h.clone(), index),
+                    HostPattern::Wildcard(s) => snapshot.wildcard.insert(s.clone(), index),
+                };
+            }
+            let keys = registry.cache(&policy.jwks_source);
+            snapshot
+                .served
+                .push(Arc::new(ServedPolicy { policy, keys }));
+        }
+        snapshot
+    }
+
+    /// The state each candidate would get from [`PolicySnapshot::build`],
+    /// without binding key caches (for validation).
+    pub fn states_of(candidates: Vec<Candidate>) -> Vec<(PolicyId, PolicyState)> {
+        assign_hosts(candidates).1
+    }
+
+    /// The policy for a normalized host: an exact host first, else the
+    /// wildcard with the longest suffix.
+    pub fn lookup(&self, host: &str) -> Option<&Arc<ServedPolicy>> {
+        if let Some(&i) = self.exact.get(host) {
+            return Some(&self.served[i]);
+        }
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        host.match_indices('.')
+            .filter(|(i, _)| *i > 0)
+            .find_map(|(i, _)| self.wildcard.get(&host[i..]))
+            .map(|&i| &self.served[i])
+    }
+
+    /// The policies being served.
+    pub fn served(&self) -> &[Arc<ServedPolicy>] {
+        &self.served
+    }
+
+    /// Every candidate's state, in build order.
+    pub fn states(&self) -> &[(PolicyId, PolicyState)] {
+        &self.states
+    }
+}
+
+/// Splits candidates into the policies that are served (in order) and the
+/// state of every candidate. Earlier candidates win host conflicts.
+fn assign_hosts(candidates: Vec<Candidate>) -> (Vec<CompiledPolicy>, Vec<(PolicyId, PolicyState)>) {
+    let mut accepted = Vec::with_capacity(candidates.len());
+    let mut states = Vec::with_capacity(candidates.len());
+    let mut owners: HashMap<HostPattern, PolicyId> = HashMap::new();
+    for candidate in candidates {
+        let state = match candidate.compiled {
+            Err(errors) => PolicyState::Invalid(errors),
+            Ok(policy) => match policy
+                .hosts
+                .iter()
+                .find_map(|h| owners.get(h).map(|w| (h, w)))
+            {
+                Some((host, winner)) => PolicyState::HostConflict {
+                    host: host.to_string(),
+                    winner: winner.clone(),
+                },
+                None => {
+                    for host in &policy.hosts {
+                        owners.insert(host.clone(), policy.id.clone());
+                    }
+                    accepted.push(policy);
+                    PolicyState::Accepted
+                }
+            },
+        };
+        states.push((candidate.id, state));
+    }
+    (accepted, states)
+}
+
+/// The shared, atomically swapped current snapshot. Readers never block.
+#[derive(Clone, Default)]
+pub struct SnapshotHandle {
+    current: Arc<ArcSwap<PolicySnapshot>>,
+    loaded: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SnapshotHandle {
+    /// The snapshot in force.
+    pub fn load(&self) -> arc_swap::Guard<Arc<PolicySnapshot>> {
+        self.current.load()
+    }
+
+    /// Replaces the snapshot; the first call marks policies as loaded.
+    pub fn publish(&self, snapshot: PolicySnapshot) {
+        self.current.store(Arc::new(snapshot));
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a snapshot has been published.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Acquire)
+    }
+}

@@ -1,0 +1,184 @@
+//! The `TokenPolicy` schema: one set of types for policy files and for the
+//! Kubernetes CustomResourceDefinition (`scopegate.dev/v1alpha1`).
+//!
+//! These types only describe what a user wrote. [`super::compile`] turns a
+//! spec into a [`super::CompiledPolicy`], rejecting anything the schema alone
+//! cannot express.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Which requests of which hosts need which token: audiences, scopes and
+/// clients, checked against one issuer.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "scopegate.dev",
+    version = "v1alpha1",
+    kind = "TokenPolicy",
+    plural = "tokenpolicies",
+    namespaced,
+    shortname = "tp",
+    status = "TokenPolicyStatus",
+    doc = "Bearer-token rules (issuer, audiences, scopes) for the APIs served on a set of hosts.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.hosts"),
+    printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuer.url"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenPolicySpec {
+    /// Request hosts this policy protects (port stripped, case-insensitive).
+    /// `*.example.com` matches one or more labels in front of `example.com`.
+    pub hosts: Vec<String>,
+    /// The token issuer and what its tokens must say.
+    pub issuer: IssuerSpec,
+    /// Claims whose values are the token's scopes: a string claim is
+    /// space-separated, an array claim is a list; the scopes are their union.
+    #[serde(default = "default_scope_claims")]
+    pub scope_claims: Vec<String>,
+    /// Request rules; the first one that matches the method and path decides.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+    /// What happens when no rule matches.
+    #[serde(default)]
+    pub default_action: DefaultAction,
+    /// Upstream request headers set from token claims on allow. Client-sent
+    /// copies of these headers are always removed.
+    #[serde(default)]
+    pub claim_headers: Vec<ClaimHeaderSpec>,
+    /// `enforce` denies; `audit` decides and logs, but always allows.
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// The issuer whose tokens a policy accepts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IssuerSpec {
+    /// The exact `iss` value (Auth0 keeps the trailing slash).
+    pub url: String,
+    /// Where the signing keys are. Default: OIDC discovery at
+    /// `url` + `.well-known/openid-configuration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// Accepted `aud` values; a token's `aud` must contain at least one.
+    pub audiences: Vec<String>,
+    /// Accepted signature algorithms. Default: `[RS256]`.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Tolerance, in seconds, for `exp` and `nbf`. Default: 60.
+    #[serde(default = "default_clock_skew_seconds")]
+    pub clock_skew_seconds: u32,
+}
+
+/// One request rule.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleSpec {
+    /// HTTP methods (omitted: any method).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Path patterns: `*` is one segment, `**` any rest (omitted: any path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    /// Scopes the token must have, all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub require_scopes: Vec<String>,
+    /// If set, the token's `azp` (or `client_id`) must be one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_clients: Option<Vec<String>>,
+    /// No token needed (a token, if sent, is still validated).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anonymous: bool,
+}
+
+/// What happens to a request that no rule matches.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DefaultAction {
+    /// Deny with 403.
+    #[default]
+    Deny,
+    /// Allow, but only with a valid token.
+    Allow,
+}
+
+/// Whether a policy's denials are enforced.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    /// Deny what the policy denies.
+    #[default]
+    Enforce,
+    /// Log what would be denied, allow everything.
+    Audit,
+}
+
+/// An upstream header set from a claim.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimHeaderSpec {
+    /// Lowercase HTTP header name.
+    pub header: String,
+    /// Top-level claim name (e.g. `sub`, `azp`, `https://example.com/email`).
+    pub claim: String,
+}
+
+/// What scopegate reports about a policy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenPolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` and its reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The state of the issuer's key set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksStatus>,
+}
+
+/// The state of a policy's JWKS cache.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwksStatus {
+    /// The JWKS URI in use (after discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Usable keys in the cache.
+    pub keys: u32,
+    /// When keys were last fetched successfully.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fetch_time: Option<Time>,
+    /// The last fetch error, if the last fetch failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+fn default_scope_claims() -> Vec<String> {
+    ["scope", "scp", "permissions"].map(String::from).to_vec()
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".to_string()]
+}
+
+fn default_clock_skew_seconds() -> u32 {
+    60
+}

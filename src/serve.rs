@@ -1,0 +1,256 @@
+//! `scopegate serve`: wires the policy source, the key caches, the gRPC
+//! service and the admin server together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::{self, AdminState};
+use crate::authz::CheckService;
+use crate::config::{ConfigError, PolicySource, ServeConfig};
+use crate::devissuer;
+use crate::jwks::JwksRegistry;
+use crate::policy::SnapshotHandle;
+use crate::policy::files::{self, FileError};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An address could not be bound.
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The flag that set it.
+        flag: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The policy files are invalid.
+    #[error("invalid policy files:\n{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Policies(Vec<FileError>),
+    /// The policy files cannot be watched.
+    #[error("cannot watch the policy files: {0}")]
+    Watch(#[from] notify::Error),
+    /// Not available in this build yet.
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// The gRPC reflection descriptors are broken (a build defect).
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// A running scopegate.
+pub struct Running {
+    grpc_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    dev_issuer: Option<Arc<devissuer::DevIssuer>>,
+    snapshot: SnapshotHandle,
+    registry: JwksRegistry,
+    shutting_down: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    grace: std::time::Duration,
+}
+
+impl Running {
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The dev issuer, if one runs.
+    pub fn dev_issuer(&self) -> Option<&Arc<devissuer::DevIssuer>> {
+        self.dev_issuer.as_ref()
+    }
+
+    /// The policy snapshot handle.
+    pub fn snapshot(&self) -> &SnapshotHandle {
+        &self.snapshot
+    }
+
+    /// The key caches.
+    pub fn registry(&self) -> &JwksRegistry {
+        &self.registry
+    }
+
+    /// Stops accepting Checks: readiness fails at once, in-flight Checks get
+    /// up to the grace period to finish.
+    pub async fn shutdown(mut self) {
+        self.shutting_down.store(true, Ordering::Release);
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(self.grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("grace period over; aborting remaining tasks");
+            self.tasks.abort_all();
+        }
+    }
+}
+
+/// Starts every part of the service and returns once all listeners are bound
+/// and the policies are loaded.
+pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
+    config.validate()?;
+    let grpc_listener = bind(config.listen, "--listen").await?;
+    let admin_listener = bind(config.admin_listen, "--admin-listen").await?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let admin_addr = admin_listener
+        .local_addr()
+        .expect("a bound listener has an address");
+
+    let mut tasks = JoinSet::new();
+    let dev_issuer = match config.dev_issuer {
+        Some(addr) => {
+            let (issuer, task) =
+                devissuer::start(addr)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        addr,
+                        flag: "--dev-issuer",
+                        source,
+                    })?;
+            tasks.spawn(async move {
+                let _ = task.await;
+            });
+            Some(issuer)
+        }
+        None => None,
+    };
+
+    let registry = JwksRegistry::new(config.jwks.clone());
+    let snapshot = SnapshotHandle::default();
+    let watcher = match &config.policies {
+        PolicySource::Files(paths) => {
+            let count = files::load_and_publish(paths, &registry, &snapshot)
+                .map_err(StartError::Policies)?;
+            tracing::info!(policies = count, "loaded policy files");
+            Some(files::watch(
+                paths.clone(),
+                registry.clone(),
+                snapshot.clone(),
+            )?)
+        }
+        PolicySource::Kubernetes { .. } => {
+            return Err(StartError::Unsupported(
+                "--kubernetes: the TokenPolicy watcher is not in this build yet; use --policies",
+            ));
+        }
+    };
+
+    let (stop, stopped) = watch::channel(false);
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    tasks.spawn(serve_grpc(
+        grpc_listener,
+        CheckService::new(snapshot.clone()),
+        stopped.clone(),
+    )?);
+    let admin = admin::router(AdminState {
+        snapshot: snapshot.clone(),
+        registry: registry.clone(),
+        shutting_down: shutting_down.clone(),
+    });
+    let mut admin_stopped = stopped.clone();
+    tasks.spawn(async move {
+        let shutdown = async move {
+            let _ = admin_stopped.wait_for(|s| *s).await;
+        };
+        if let Err(error) = axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%error, "admin server failed");
+        }
+    });
+    tracing::info!(%grpc_addr, %admin_addr, "scopegate is serving");
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        dev_issuer,
+        snapshot,
+        registry,
+        shutting_down,
+        stop,
+        tasks,
+        _watcher: watcher,
+        grace: config.shutdown_grace,
+    })
+}
+
+/// The gRPC server future: ext_authz, `grpc.health.v1` and reflection.
+fn serve_grpc(
+    listener: TcpListener,
+    service: CheckService,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<impl Future<Output = ()> + Send + 'static, StartError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    Ok(async move {
+        health
+            .set_serving::<envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer<CheckService>>()
+            .await;
+        let shutdown = {
+            let health = health.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+                health
+                    .set_not_serving::<envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer<CheckService>>()
+                    .await;
+            }
+        };
+        let result = tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .add_service(health_service)
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "gRPC server failed");
+        }
+    })
+}
+
+async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, flag, source })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler succeeds");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
