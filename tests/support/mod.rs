@@ -1,0 +1,523 @@
+//! Test fixtures shared by the integration tests: real RSA/EC/Ed25519 keys
+//! that sign real tokens, a real JWKS HTTP server on loopback, and a real
+//! scopegate server reached through a real tonic client.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::KeyPair as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+    attribute_context,
+};
+use scopegate::config::ServeConfig;
+use scopegate::jwks::JwksSettings;
+use serde_json::{Value, json};
+
+pub const AUDIENCE: &str = "https://orders.example.com/api";
+pub const HOST: &str = "orders.example.com";
+
+/// An RSA-2048 signing key with a `kid`.
+pub struct RsaKey {
+    pub kid: String,
+    pair: aws_lc_rs::rsa::KeyPair,
+}
+
+impl RsaKey {
+    pub fn generate(kid: &str) -> Self {
+        RsaKey {
+            kid: kid.to_string(),
+            pair: aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap(),
+        }
+    }
+
+    /// The public JWK.
+    pub fn jwk(&self) -> Value {
+        let public = self.pair.public_key();
+        json!({
+            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid,
+            "n": b64(public.modulus().big_endian_without_leading_zero()),
+            "e": b64(public.exponent().big_endian_without_leading_zero()),
+        })
+    }
+
+    /// The DER `RSAPublicKey` bytes, as an HS256-confusion attacker would use them.
+    pub fn public_key_der(&self) -> Vec<u8> {
+        self.pair.public_key().as_ref().to_vec()
+    }
+
+    /// Signs with RS256 (or another RSA `alg` given in the header) and this key's `kid`.
+    pub fn sign(&self, claims: &Value) -> String {
+        self.sign_with_header(
+            &json!({"alg": "RS256", "typ": "JWT", "kid": self.kid}),
+            claims,
+        )
+    }
+
+    pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
+        let padding: &'static dyn aws_lc_rs::signature::RsaEncoding = match header["alg"].as_str() {
+            Some("PS256") => &aws_lc_rs::signature::RSA_PSS_SHA256,
+            Some("RS384") => &aws_lc_rs::signature::RSA_PKCS1_SHA384,
+            _ => &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+        };
+        scopegate::token::encode_compact(header, claims, |input| {
+            let mut sig = vec![0; self.pair.public_modulus_len()];
+            self.pair
+                .sign(padding, &SystemRandom::new(), input, &mut sig)
+                .unwrap();
+            sig
+        })
+    }
+}
+
+/// An ECDSA P-256 key.
+pub struct EcKey {
+    pub kid: String,
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+}
+
+impl EcKey {
+    pub fn generate(kid: &str) -> Self {
+        let alg = &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        EcKey {
+            kid: kid.to_string(),
+            pair: aws_lc_rs::signature::EcdsaKeyPair::generate(alg).unwrap(),
+        }
+    }
+
+    pub fn jwk(&self) -> Value {
+        let point = self.pair.public_key().as_ref();
+        json!({"kty": "EC", "crv": "P-256", "kid": self.kid, "x": b64(&point[1..33]), "y": b64(&point[33..65])})
+    }
+
+    pub fn sign(&self, claims: &Value) -> String {
+        let header = json!({"alg": "ES256", "kid": self.kid});
+        scopegate::token::encode_compact(&header, claims, |input| {
+            self.pair
+                .sign(&SystemRandom::new(), input)
+                .unwrap()
+                .as_ref()
+                .to_vec()
+        })
+    }
+}
+
+/// An Ed25519 key.
+pub struct EdKey {
+    pub kid: String,
+    pair: aws_lc_rs::signature::Ed25519KeyPair,
+}
+
+impl EdKey {
+    pub fn generate(kid: &str) -> Self {
+        EdKey {
+            kid: kid.to_string(),
+            pair: aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap(),
+        }
+    }
+
+    pub fn jwk(&self) -> Value {
+        json!({"kty": "OKP", "crv": "Ed25519", "kid": self.kid, "x": b64(self.pair.public_key().as_ref())})
+    }
+
+    pub fn sign(&self, claims: &Value) -> String {
+        let header = json!({"alg": "EdDSA", "kid": self.kid});
+        scopegate::token::encode_compact(&header, claims, |input| {
+            self.pair.sign(input).as_ref().to_vec()
+        })
+    }
+}
+
+/// Keys generated once per test binary (RSA key generation is slow).
+pub static KEY_A: LazyLock<RsaKey> = LazyLock::new(|| RsaKey::generate("key-a"));
+pub static KEY_B: LazyLock<RsaKey> = LazyLock::new(|| RsaKey::generate("key-b"));
+/// Not in any JWKS: signs tokens that must fail verification.
+pub static ROGUE: LazyLock<RsaKey> = LazyLock::new(|| RsaKey::generate("key-a"));
+
+pub fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn now() -> u64 {
+    scopegate::token::unix_now()
+}
+
+/// Claims of a good token for [`HOST`] issued by `issuer`.
+pub fn claims(issuer: &str) -> Value {
+    json!({
+        "iss": issuer,
+        "sub": "auth0|user-1",
+        "azp": "agent-client",
+        "aud": [AUDIENCE, format!("{issuer}userinfo")],
+        "scope": "openid read:orders",
+        "iat": now(),
+        "exp": now() + 600,
+    })
+}
+
+/// What the JWKS server answers.
+#[derive(Clone)]
+pub enum JwksReply {
+    Keys(Value),
+    Status(StatusCode),
+    Body(&'static str),
+}
+
+struct JwksShared {
+    reply: Mutex<JwksReply>,
+    fetches: AtomicUsize,
+    issuer: Mutex<String>,
+}
+
+/// A real JWKS + OIDC discovery server on loopback.
+pub struct JwksServer {
+    pub addr: SocketAddr,
+    shared: Arc<JwksShared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    pub async fn start(keys: Vec<Value>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(JwksShared {
+            reply: Mutex::new(JwksReply::Keys(json!({"keys": keys}))),
+            fetches: AtomicUsize::new(0),
+            issuer: Mutex::new(format!("http://{addr}/")),
+        });
+        let router = Router::new()
+            .route("/.well-known/jwks.json", get(serve_jwks))
+            .route("/.well-known/openid-configuration", get(serve_discovery))
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        JwksServer { addr, shared, task }
+    }
+
+    /// `http://ADDR/` — the issuer URL (with Auth0's trailing slash).
+    pub fn issuer(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    pub fn jwks_uri(&self) -> String {
+        format!("http://{}/.well-known/jwks.json", self.addr)
+    }
+
+    pub fn set_keys(&self, keys: Vec<Value>) {
+        *self.shared.reply.lock().unwrap() = JwksReply::Keys(json!({"keys": keys}));
+    }
+
+    pub fn set_reply(&self, reply: JwksReply) {
+        *self.shared.reply.lock().unwrap() = reply;
+    }
+
+    /// How many times `/.well-known/jwks.json` was requested.
+    pub fn fetches(&self) -> usize {
+        self.shared.fetches.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the JWKS has been fetched more than `count` times.
+    pub async fn wait_for_fetches_above(&self, count: usize) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.fetches() <= count {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the JWKS was refetched");
+    }
+
+    /// Stops the server: connections are refused from now on.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_jwks(State(shared): State<Arc<JwksShared>>) -> Response {
+    shared.fetches.fetch_add(1, Ordering::SeqCst);
+    let reply = shared.reply.lock().unwrap().clone();
+    match reply {
+        JwksReply::Keys(doc) => axum::Json(doc).into_response(),
+        JwksReply::Status(status) => status.into_response(),
+        JwksReply::Body(body) => body.into_response(),
+    }
+}
+
+async fn serve_discovery(State(shared): State<Arc<JwksShared>>) -> Response {
+    let issuer = shared.issuer.lock().unwrap().clone();
+    axum::Json(json!({"issuer": issuer, "jwks_uri": format!("{issuer}.well-known/jwks.json")}))
+        .into_response()
+}
+
+/// JWKS settings fast enough for tests: refresh every 200 ms, refetch on an
+/// unknown kid at most every 100 ms.
+pub fn fast_jwks() -> JwksSettings {
+    JwksSettings {
+        refresh_interval: Duration::from_millis(200),
+        min_refresh_interval: Duration::from_millis(100),
+        max_refresh_interval: Duration::from_secs(60),
+        min_refetch_interval: Duration::from_millis(100),
+        fetch_timeout: Duration::from_secs(2),
+        max_response_bytes: 1024 * 1024,
+    }
+}
+
+/// A policy document for [`HOST`] with the given issuer and extra spec YAML.
+pub fn policy_yaml(name: &str, issuer: &str, jwks_uri: &str, spec_extra: &str) -> String {
+    format!(
+        r#"apiVersion: scopegate.dev/v1alpha1
+kind: TokenPolicy
+metadata: {{name: {name}, namespace: test}}
+spec:
+  hosts: ["{HOST}", "*.orders.internal"]
+  issuer:
+    url: "{issuer}"
+    jwksUri: "{jwks_uri}"
+    audiences: ["{AUDIENCE}"]
+    algorithms: ["RS256", "ES256", "EdDSA"]
+    clockSkewSeconds: 60
+  claimHeaders:
+    - {{header: x-user-id, claim: sub}}
+    - {{header: x-agent-client-id, claim: azp}}
+    - {{header: x-user-email, claim: "https://example.com/email"}}
+{spec_extra}"#
+    )
+}
+
+/// The standard rules used by most tests.
+pub const STANDARD_RULES: &str = r#"  rules:
+    - paths: ["/healthz"]
+      anonymous: true
+    - methods: ["GET"]
+      paths: ["/orders", "/orders/*"]
+      requireScopes: ["read:orders"]
+    - methods: ["POST"]
+      paths: ["/orders"]
+      requireScopes: ["create:orders"]
+      allowedClients: ["agent-client"]
+    - methods: ["DELETE"]
+      paths: ["/orders/**"]
+      requireScopes: ["delete:orders", "admin:orders"]
+"#;
+
+/// A running scopegate (in-process, real sockets) and a tonic client.
+pub struct Scopegate {
+    pub running: scopegate::serve::Running,
+    pub client: AuthorizationClient<tonic::transport::Channel>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Scopegate {
+    /// Starts scopegate on the given policy file contents.
+    pub async fn start(policies: &str) -> Self {
+        Self::start_with(policies, fast_jwks()).await
+    }
+
+    pub async fn start_with(policies: &str, jwks: JwksSettings) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("policies.yaml"), policies).unwrap();
+        let mut config = ServeConfig::with_policy_files(vec![dir.path().to_path_buf()]);
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin_listen = "127.0.0.1:0".parse().unwrap();
+        config.jwks = jwks;
+        config.shutdown_grace = Duration::from_secs(2);
+        let running = scopegate::serve::start(config)
+            .await
+            .expect("scopegate starts");
+        let client = AuthorizationClient::connect(format!("http://{}", running.grpc_addr()))
+            .await
+            .unwrap();
+        Scopegate {
+            running,
+            client,
+            dir,
+        }
+    }
+
+    pub fn policy_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Sends a Check for `method path` on [`HOST`] with these headers.
+    pub async fn check(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Checked {
+        self.check_host(HOST, method, path, headers).await
+    }
+
+    pub async fn check_host(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Checked {
+        self.send(check_request(host, method, path, headers, HashMap::new()))
+            .await
+    }
+
+    /// A Check with `Authorization: Bearer <token>`.
+    pub async fn check_token(&self, method: &str, path: &str, token: &str) -> Checked {
+        let auth = format!("Bearer {token}");
+        self.check(method, path, &[("authorization", &auth)]).await
+    }
+
+    pub async fn send(&self, request: CheckRequest) -> Checked {
+        let response = self
+            .client
+            .clone()
+            .check(request)
+            .await
+            .expect("Check succeeds at the gRPC level");
+        Checked(response.into_inner())
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.admin_addr())
+    }
+}
+
+pub fn check_request(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    context_extensions: HashMap<String, String>,
+) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: method.into(),
+                    host: host.into(),
+                    path: path.into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions,
+            ..Default::default()
+        }),
+    }
+}
+
+/// A CheckResponse with assertion helpers.
+#[derive(Debug)]
+pub struct Checked(pub CheckResponse);
+
+impl Checked {
+    pub fn grpc_code(&self) -> i32 {
+        self.0.status.as_ref().map_or(-1, |s| s.code)
+    }
+
+    /// 200 for an allow, else the denied HTTP status.
+    pub fn http_status(&self) -> i32 {
+        match &self.0.http_response {
+            Some(HttpResponse::OkResponse(_)) => 200,
+            Some(HttpResponse::DeniedResponse(d)) => d.status.as_ref().map_or(0, |s| s.code),
+            _ => 0,
+        }
+    }
+
+    pub fn ok(&self) -> &OkHttpResponse {
+        match &self.0.http_response {
+            Some(HttpResponse::OkResponse(ok)) => ok,
+            other => panic!("expected an allow, got {other:?}"),
+        }
+    }
+
+    pub fn denied(&self) -> &DeniedHttpResponse {
+        match &self.0.http_response {
+            Some(HttpResponse::DeniedResponse(d)) => d,
+            other => panic!("expected a deny, got {other:?}"),
+        }
+    }
+
+    /// A header set on the upstream request (allow) or on the reply (deny).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let headers = match &self.0.http_response {
+            Some(HttpResponse::OkResponse(ok)) => &ok.headers,
+            Some(HttpResponse::DeniedResponse(d)) => &d.headers,
+            _ => return None,
+        };
+        headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .find(|h| h.key == name)
+            .map(|h| h.value.clone())
+    }
+
+    pub fn removed(&self) -> Vec<String> {
+        self.ok().headers_to_remove.clone()
+    }
+
+    pub fn www_authenticate(&self) -> String {
+        self.header("www-authenticate")
+            .expect("a WWW-Authenticate header")
+    }
+
+    pub fn body(&self) -> Value {
+        serde_json::from_str(&self.denied().body).expect("a JSON body")
+    }
+
+    pub fn metadata(&self, key: &str) -> Option<String> {
+        let fields = &self.0.dynamic_metadata.as_ref()?.fields;
+        match fields.get(key)?.kind.as_ref()? {
+            envoy_types::pb::google::protobuf::value::Kind::StringValue(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    /// Asserts a 401 `invalid_token` and returns its description.
+    #[track_caller]
+    pub fn assert_invalid_token(&self) -> String {
+        assert_eq!(self.http_status(), 401, "{self:?}");
+        assert_eq!(self.grpc_code(), 16);
+        let challenge = self.www_authenticate();
+        assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+        self.body()["error_description"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// Path of an external tool: `$ENV_VAR`, else the place `.ci/install-tools.sh` puts it.
+pub fn tool(env_var: &str, default_relative: &str) -> PathBuf {
+    let path = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(default_relative));
+    assert!(
+        path.exists(),
+        "{} not found: run .ci/install-tools.sh (or set {env_var})",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound and released; fine for child processes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
