@@ -1,0 +1,224 @@
+//! Policy files: validation messages, hot reload, and the last good set
+//! serving through a bad edit.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+const SCOPEGATE: &str = env!("CARGO_BIN_EXE_scopegate");
+
+fn write(dir: &std::path::Path, name: &str, contents: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+#[test]
+fn validate_accepts_the_examples() {
+    let out = Command::new(SCOPEGATE)
+        .args(["validate", "examples/policies"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok: 2 policies"
+    );
+}
+
+#[test]
+fn validate_reports_file_document_field_and_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = policy_yaml(
+        "good",
+        "https://tenant.example.com/",
+        "https://tenant.example.com/jwks",
+        "",
+    );
+    let bad = r#"apiVersion: scopegate.dev/v1alpha1
+kind: TokenPolicy
+metadata: {name: bad}
+spec:
+  hosts: ["api.example.com:443"]
+  issuer:
+    url: "https://tenant.example.com/"
+    jwksUri: "http://tenant.example.com/jwks"
+    audiences: []
+    algorithms: ["HS256"]
+  rules:
+    - paths: ["/a/**/b"]
+      requireScopes: ["read orders"]
+  claimHeaders:
+    - {header: X-User, claim: sub}
+"#;
+    let typo = "apiVersion: scopegate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {name: typo}\nspec:\n  hosts: [a.example.com]\n  isuer: {}\n";
+    let file = write(
+        dir.path(),
+        "policies.yaml",
+        &format!("{good}---\n{bad}---\n{typo}"),
+    );
+    let out = Command::new(SCOPEGATE)
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let f = file.display();
+    for expected in [
+        format!("{f}:2: spec.hosts[0]: must not contain a port"),
+        format!("{f}:2: spec.issuer.audiences: must list at least one audience"),
+        format!("{f}:2: spec.issuer.algorithms[0]: \"HS256\": unsupported algorithm"),
+        format!("{f}:2: spec.issuer.jwksUri: \"http://tenant.example.com/jwks\" must use https"),
+        format!("{f}:2: spec.rules[0].paths[0]: \"**\" may only be the last segment"),
+        format!("{f}:2: spec.rules[0].requireScopes[0]: must be one non-empty scope"),
+        format!("{f}:2: spec.claimHeaders[0].header: \"X-User\" must be lowercase"),
+        format!("{f}:3: spec.isuer: unknown field `isuer`"),
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(&expected)),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains(":1:"),
+        "the good document has no errors:\n{stdout}"
+    );
+}
+
+#[test]
+fn validate_rejects_duplicate_hosts_and_names_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = "https://tenant.example.com/";
+    write(
+        dir.path(),
+        "a.yaml",
+        &policy_yaml("orders", issuer, "https://tenant.example.com/jwks", ""),
+    );
+    write(
+        dir.path(),
+        "b.yaml",
+        &policy_yaml("orders-copy", issuer, "https://tenant.example.com/jwks", ""),
+    );
+    let out = Command::new(SCOPEGATE)
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("b.yaml:1: spec.hosts: host \"orders.example.com\" is already claimed by policy test/orders"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn serve_refuses_to_start_on_an_invalid_file_and_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.yaml",
+        "apiVersion: scopegate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {name: x}\nspec: {hosts: [], issuer: {url: 'https://t/', audiences: [a]}}\n",
+    );
+    let out = Command::new(SCOPEGATE)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--policies",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("p.yaml:1: spec.hosts: must list at least one host"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_without_a_policy_source_names_the_flag() {
+    let out = Command::new(SCOPEGATE)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("SCOPEGATE_POLICIES")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--policies (SCOPEGATE_POLICIES)"));
+}
+
+#[tokio::test]
+async fn invalid_edit_keeps_the_last_good_policy_and_a_valid_edit_applies() {
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
+    let sg = Scopegate::start(&policy).await;
+    let token = KEY_A.sign(&claims(&jwks.issuer()));
+    assert_eq!(
+        sg.check_token("GET", "/orders", &token).await.http_status(),
+        200
+    );
+
+    // A broken edit: the old policy keeps serving.
+    write(
+        sg.policy_dir(),
+        "policies.yaml",
+        "apiVersion: scopegate.dev/v1alpha1\nkind: TokenPolicy\nspec: [\n",
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        sg.check_token("GET", "/orders", &token).await.http_status(),
+        200
+    );
+
+    // A valid edit that requires a scope the token lacks takes effect.
+    let stricter = STANDARD_RULES.replace(
+        "requireScopes: [\"read:orders\"]",
+        "requireScopes: [\"read:all\"]",
+    );
+    write(
+        sg.policy_dir(),
+        "policies.yaml",
+        &policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), &stricter),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let checked = sg.check_token("GET", "/orders", &token).await;
+        if checked.http_status() == 403 {
+            assert!(checked.www_authenticate().contains("scope=\"read:all\""));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edit was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn crd_command_prints_the_custom_resource_definition() {
+    let out = Command::new(SCOPEGATE).arg("crd").output().unwrap();
+    assert!(out.status.success());
+    let crd: serde_json::Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
+    assert_eq!(crd["kind"], "CustomResourceDefinition");
+    assert_eq!(crd["metadata"]["name"], "tokenpolicies.scopegate.dev");
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "tp");
+}
