@@ -186,9 +186,11 @@ async fn token(
 }
 
 /// Binds `addr` and serves a freshly generated dev issuer whose `iss` is
-/// `http://ADDR` (`127.0.0.1` when bound to an unspecified address).
+/// `http://ADDR` (`127.0.0.1` when bound to an unspecified address), until
+/// `shutdown` resolves.
 pub async fn start(
     addr: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(Arc<DevIssuer>, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let mut local = listener.local_addr()?;
@@ -203,7 +205,10 @@ pub async fn start(
     );
     let router = issuer.clone().router();
     let task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router).await {
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(%error, "dev issuer stopped");
         }
     });

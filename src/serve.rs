@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -119,16 +120,16 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         .expect("a bound listener has an address");
 
     let mut tasks = JoinSet::new();
+    let (stop, stopped) = watch::channel(false);
     let dev_issuer = match config.dev_issuer {
         Some(addr) => {
-            let (issuer, task) =
-                devissuer::start(addr)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        addr,
-                        flag: "--dev-issuer",
-                        source,
-                    })?;
+            let (issuer, task) = devissuer::start(addr, stopped_future(stopped.clone()))
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr,
+                    flag: "--dev-issuer",
+                    source,
+                })?;
             tasks.spawn(async move {
                 let _ = task.await;
             });
@@ -157,7 +158,6 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         }
     };
 
-    let (stop, stopped) = watch::channel(false);
     let shutting_down = Arc::new(AtomicBool::new(false));
     tasks.spawn(serve_grpc(
         grpc_listener,
@@ -169,13 +169,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         registry: registry.clone(),
         shutting_down: shutting_down.clone(),
     });
-    let mut admin_stopped = stopped.clone();
+    let admin_stopped = stopped_future(stopped.clone());
     tasks.spawn(async move {
-        let shutdown = async move {
-            let _ = admin_stopped.wait_for(|s| *s).await;
-        };
         if let Err(error) = axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(admin_stopped)
             .await
         {
             tracing::error!(%error, "admin server failed");
@@ -200,37 +197,48 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
 fn serve_grpc(
     listener: TcpListener,
     service: CheckService,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) -> Result<impl Future<Output = ()> + Send + 'static, StartError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    // Both reflection versions: older clients (grpcurl ≤ 1.8) speak v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error =
+        |e: tonic_reflection::server::Error| StartError::Reflection(e.to_string());
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     Ok(async move {
         health
-            .set_serving::<envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer<CheckService>>()
+            .set_serving::<AuthorizationServer<CheckService>>()
             .await;
         let shutdown = {
             let health = health.clone();
             async move {
-                let _ = stopped.wait_for(|s| *s).await;
+                stopped_future(stopped).await;
                 health
-                    .set_not_serving::<envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer<CheckService>>()
+                    .set_not_serving::<AuthorizationServer<CheckService>>()
                     .await;
             }
         };
         let result = tonic::transport::Server::builder()
             .add_service(service.into_server())
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         if let Err(error) = result {
             tracing::error!(%error, "gRPC server failed");
         }
     })
+}
+
+/// Resolves once shutdown is signalled (or the signalling side is gone).
+async fn stopped_future(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
 }
 
 async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, StartError> {

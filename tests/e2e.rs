@@ -276,3 +276,74 @@ spec:
         .assert_invalid_token();
     assert_eq!(description, "token audience is not accepted");
 }
+
+#[tokio::test]
+async fn grpcurl_reaches_check_health_and_reflection() {
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let sg = Scopegate::start(&policy_yaml(
+        "orders",
+        &jwks.issuer(),
+        &jwks.jwks_uri(),
+        STANDARD_RULES,
+    ))
+    .await;
+    let grpcurl = tool("SCOPEGATE_GRPCURL", ".tools/venv/bin/grpcurl");
+    let addr = sg.running.grpc_addr().to_string();
+    // grpcurl [flags] ADDRESS [list | METHOD]
+    let run = move |flags: Vec<String>, verb: &'static str| {
+        let grpcurl = grpcurl.clone();
+        let addr = addr.clone();
+        async move {
+            let out = tokio::process::Command::new(grpcurl)
+                .arg("-plaintext")
+                .args(flags)
+                .arg(addr)
+                .arg(verb)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let services = run(vec![], "list").await;
+    for service in [
+        "envoy.service.auth.v3.Authorization",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(services.contains(service), "{services}");
+    }
+    let health_request = r#"{"service": "envoy.service.auth.v3.Authorization"}"#;
+    let health = run(
+        vec!["-d".into(), health_request.into()],
+        "grpc.health.v1.Health/Check",
+    )
+    .await;
+    assert!(health.contains("SERVING"), "{health}");
+
+    // Check through reflection, and through the committed proto/ files.
+    let request = json!({"attributes": {"request": {"http": {"host": HOST, "method": "GET", "path": "/orders"}}}}).to_string();
+    for mut args in [
+        vec![],
+        vec![
+            "-import-path".to_string(),
+            "proto".into(),
+            "-proto".into(),
+            "envoy/service/auth/v3/external_auth.proto".into(),
+        ],
+    ] {
+        args.extend(["-d".to_string(), request.clone()]);
+        let answer: Value =
+            serde_json::from_str(&run(args, "envoy.service.auth.v3.Authorization/Check").await)
+                .unwrap();
+        assert_eq!(
+            answer["deniedResponse"]["status"]["code"], "Unauthorized",
+            "{answer}"
+        );
+    }
+}

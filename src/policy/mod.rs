@@ -13,3 +13,6 @@ pub use compile::{ClaimHeader, CompiledPolicy, CompiledRule, FieldError, PolicyI
 pub use matching::{AmbiguousPath, HostPattern, PathPattern, RequestPath, normalize_host};
 pub use snapshot::{Candidate, PolicySnapshot, PolicyState, ServedPolicy, SnapshotHandle};
 pub use spec::{DefaultAction, Mode, TokenPolicy, TokenPolicySpec};
+
+#[cfg(test)]
+mod tests;

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 /// Which requests of which hosts need which token: audiences, scopes and
 /// clients, checked against one issuer.
+// clippy reads the repeated `type_ = "string"` of the printer columns as a
+// duplicated attribute; they are separate columns.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "scopegate.dev",

@@ -145,6 +145,12 @@ impl<'a> UnverifiedToken<'a> {
         }
         let signing_input = &token[..header.len() + 1 + payload.len()];
         let header_json = decode_part(header)?;
+        // serde would also read a struct from a JSON array; a JOSE header is an object.
+        if header_json.trim_ascii_start().first() != Some(&b'{') {
+            return Err(TokenError::Malformed(
+                "header is not a JSON object with alg",
+            ));
+        }
         let header: JoseHeader = serde_json::from_slice(&header_json)
             .map_err(|_| TokenError::Malformed("header is not a JSON object with alg"))?;
         let algorithm: Algorithm = header

@@ -1,0 +1,117 @@
+//! Compilation and host indexing, without any server (as linkerd2's index
+//! tests do): build candidates, index them, assert the states.
+
+use super::*;
+
+fn spec(hosts: &[&str]) -> TokenPolicySpec {
+    serde_json::from_value(serde_json::json!({
+        "hosts": hosts,
+        "issuer": {"url": "https://tenant.example.com/", "audiences": ["api"]},
+    }))
+    .unwrap()
+}
+
+fn candidate(name: &str, hosts: &[&str]) -> Candidate {
+    let id: PolicyId = format!("ns/{name}").into();
+    Candidate {
+        compiled: CompiledPolicy::compile(id.clone(), &spec(hosts)),
+        id,
+    }
+}
+
+#[test]
+fn defaults_are_applied_at_compile_time() {
+    let policy = CompiledPolicy::compile("ns/p".into(), &spec(&["a.example.com"])).unwrap();
+    assert_eq!(
+        policy.issuer.algorithms.iter().collect::<Vec<_>>(),
+        vec![crate::token::Algorithm::RS256]
+    );
+    assert_eq!(policy.issuer.clock_skew_seconds, 60);
+    assert_eq!(
+        &*policy.scope_claims,
+        &["scope".into(), "scp".into(), "permissions".into()]
+    );
+    assert_eq!(policy.default_action, DefaultAction::Deny);
+    assert_eq!(policy.mode, Mode::Enforce);
+    assert_eq!(
+        policy.jwks_source.to_string(),
+        "https://tenant.example.com/.well-known/openid-configuration"
+    );
+}
+
+#[test]
+fn the_older_policy_keeps_a_contested_host() {
+    let states = PolicySnapshot::states_of(vec![
+        candidate("old", &["a.example.com", "*.example.org"]),
+        candidate("new", &["b.example.com", "*.example.org"]),
+        candidate("other", &["c.example.com"]),
+    ]);
+    assert_eq!(states[0].1, PolicyState::Accepted);
+    assert_eq!(
+        states[1].1,
+        PolicyState::HostConflict {
+            host: "*.example.org".into(),
+            winner: "ns/old".into()
+        }
+    );
+    assert_eq!(states[2].1, PolicyState::Accepted);
+}
+
+#[test]
+fn invalid_policies_report_every_field_and_do_not_block_others() {
+    let mut bad = spec(&[]);
+    bad.issuer.audiences.clear();
+    let states = PolicySnapshot::states_of(vec![
+        Candidate {
+            id: "ns/bad".into(),
+            compiled: CompiledPolicy::compile("ns/bad".into(), &bad),
+        },
+        candidate("good", &["a.example.com"]),
+    ]);
+    let PolicyState::Invalid(errors) = &states[0].1 else {
+        panic!("{states:?}")
+    };
+    let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, vec!["spec.hosts", "spec.issuer.audiences"]);
+    assert_eq!(states[1].1, PolicyState::Accepted);
+}
+
+#[tokio::test]
+async fn lookup_prefers_exact_hosts_then_the_longest_wildcard() {
+    let registry = crate::jwks::JwksRegistry::new(Default::default());
+    let snapshot = PolicySnapshot::build(
+        vec![
+            candidate("wide", &["*.example.com"]),
+            candidate("narrow", &["*.eu.example.com"]),
+            candidate("exact", &["api.eu.example.com"]),
+        ],
+        &registry,
+    );
+    let owner = |host: &str| snapshot.lookup(host).map(|p| p.policy.id.to_string());
+    assert_eq!(owner("api.eu.example.com").as_deref(), Some("ns/exact"));
+    assert_eq!(owner("web.eu.example.com").as_deref(), Some("ns/narrow"));
+    assert_eq!(owner("a.b.eu.example.com").as_deref(), Some("ns/narrow"));
+    assert_eq!(owner("www.example.com").as_deref(), Some("ns/wide"));
+    assert_eq!(
+        owner("example.com"),
+        None,
+        "a wildcard needs at least one label"
+    );
+    assert_eq!(owner(".example.com"), None);
+    assert_eq!(owner("example.org"), None);
+}
+
+#[tokio::test]
+async fn policies_with_the_same_issuer_share_one_key_cache() {
+    let registry = crate::jwks::JwksRegistry::new(Default::default());
+    let snapshot = PolicySnapshot::build(
+        vec![
+            candidate("a", &["a.example.com"]),
+            candidate("b", &["b.example.com"]),
+        ],
+        &registry,
+    );
+    let served = snapshot.served();
+    assert!(std::sync::Arc::ptr_eq(&served[0].keys, &served[1].keys));
+    assert_eq!(registry.states().len(), 1);
+}
