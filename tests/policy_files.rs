@@ -10,6 +10,15 @@ use support::*;
 
 const SCOPEGATE: &str = env!("CARGO_BIN_EXE_scopegate");
 
+/// Runs the scopegate binary with `args` and collects its output.
+fn run<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
+    Command::new(SCOPEGATE)
+        .args(args)
+        .env_remove("SCOPEGATE_POLICIES")
+        .output()
+        .unwrap()
+}
+
 fn write(dir: &std::path::Path, name: &str, contents: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
@@ -18,10 +27,7 @@ fn write(dir: &std::path::Path, name: &str, contents: &str) -> std::path::PathBu
 
 #[test]
 fn validate_accepts_the_examples() {
-    let out = Command::new(SCOPEGATE)
-        .args(["validate", "examples/policies"])
-        .output()
-        .unwrap();
+    let out = run(["validate", "examples/policies"]);
     assert!(
         out.status.success(),
         "{}",
@@ -64,11 +70,7 @@ spec:
         "policies.yaml",
         &format!("{good}---\n{bad}---\n{typo}"),
     );
-    let out = Command::new(SCOPEGATE)
-        .arg("validate")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = run([std::path::Path::new("validate"), dir.path()]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let f = file.display();
@@ -107,11 +109,7 @@ fn validate_rejects_duplicate_hosts_and_names_across_files() {
         "b.yaml",
         &policy_yaml("orders-copy", issuer, "https://tenant.example.com/jwks", ""),
     );
-    let out = Command::new(SCOPEGATE)
-        .arg("validate")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = run([std::path::Path::new("validate"), dir.path()]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -128,18 +126,15 @@ fn serve_refuses_to_start_on_an_invalid_file_and_names_the_field() {
         "p.yaml",
         "apiVersion: scopegate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {name: x}\nspec: {hosts: [], issuer: {url: 'https://t/', audiences: [a]}}\n",
     );
-    let out = Command::new(SCOPEGATE)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--policies",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = run([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--policies",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -150,17 +145,13 @@ fn serve_refuses_to_start_on_an_invalid_file_and_names_the_field() {
 
 #[test]
 fn serve_without_a_policy_source_names_the_flag() {
-    let out = Command::new(SCOPEGATE)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .env_remove("SCOPEGATE_POLICIES")
-        .output()
-        .unwrap();
+    let out = run([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--policies (SCOPEGATE_POLICIES)"));
 }
@@ -215,7 +206,7 @@ async fn invalid_edit_keeps_the_last_good_policy_and_a_valid_edit_applies() {
 
 #[test]
 fn crd_command_prints_the_custom_resource_definition() {
-    let out = Command::new(SCOPEGATE).arg("crd").output().unwrap();
+    let out = run(["crd"]);
     assert!(out.status.success());
     let crd: serde_json::Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
     assert_eq!(crd["kind"], "CustomResourceDefinition");
