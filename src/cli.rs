@@ -19,6 +19,7 @@ use kube::CustomResourceExt as _;
 use crate::config::{PolicySource, ServeConfig};
 use crate::devissuer::{MintRequest, MintResponse};
 use crate::jwks::JwksSettings;
+use crate::k8s::{self, KubernetesConfig, LeaderSettings};
 use crate::policy::{TokenPolicy, files};
 use crate::telemetry::{LogFormat, init_logging};
 
@@ -70,6 +71,25 @@ struct ServeArgs {
         requires = "kubernetes"
     )]
     namespaces: Vec<String>,
+    /// Kubeconfig for --kubernetes (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, env = "SCOPEGATE_KUBECONFIG", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the status writer's leader-election Lease (default: POD_NAMESPACE or the pod's namespace).
+    #[arg(long, env = "SCOPEGATE_LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "SCOPEGATE_LEADER_ELECTION_LEASE",
+        default_value = "scopegate-status-writer"
+    )]
+    leader_election_lease: String,
+    /// How long the Lease is valid without renewal (renewed every third of it).
+    #[arg(long, env = "SCOPEGATE_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    leader_election_lease_duration: Duration,
+    /// How often policy statuses are re-checked without a policy change.
+    #[arg(long, env = "SCOPEGATE_STATUS_RESYNC_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    status_resync_interval: Duration,
     /// Also run a local OIDC issuer here (development only).
     #[arg(long, env = "SCOPEGATE_DEV_ISSUER")]
     dev_issuer: Option<SocketAddr>,
@@ -175,9 +195,19 @@ impl Command {
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
     let policies = if args.kubernetes {
-        PolicySource::Kubernetes {
+        PolicySource::Kubernetes(KubernetesConfig {
             namespaces: args.namespaces,
-        }
+            kubeconfig: args.kubeconfig,
+            leader: LeaderSettings {
+                namespace: args
+                    .leader_election_namespace
+                    .unwrap_or_else(k8s::default_lease_namespace),
+                lease_name: args.leader_election_lease,
+                identity: k8s::default_identity(),
+                lease_duration: args.leader_election_lease_duration,
+            },
+            status_resync: args.status_resync_interval,
+        })
     } else {
         PolicySource::Files(args.policies)
     };

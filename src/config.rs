@@ -7,15 +7,12 @@ use std::time::Duration;
 use crate::jwks::JwksSettings;
 
 /// Where policies come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum PolicySource {
     /// YAML files or directories, watched for changes.
     Files(Vec<PathBuf>),
-    /// `TokenPolicy` objects in these namespaces (empty: all namespaces).
-    Kubernetes {
-        /// Namespaces to watch.
-        namespaces: Vec<String>,
-    },
+    /// `TokenPolicy` objects in the cluster.
+    Kubernetes(crate::k8s::KubernetesConfig),
 }
 
 /// Everything `serve` needs.

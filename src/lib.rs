@@ -21,6 +21,8 @@
 //! * [`authz`] is the gRPC `envoy.service.auth.v3.Authorization` service: it
 //!   turns a `CheckRequest` into a [`authz::Decision`] and the decision into a
 //!   `CheckResponse`.
+//! * [`k8s`] watches `TokenPolicy` objects, indexes them into the same
+//!   snapshot and writes their status back (on the elected leader).
 //! * [`admin`], [`devissuer`], [`serve`] and [`cli`] are the binary's edges.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
@@ -31,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod devissuer;
 pub mod jwks;
+pub mod k8s;
 pub mod policy;
 pub mod serve;
 pub mod telemetry;

@@ -42,9 +42,9 @@ pub enum StartError {
     /// The policy files cannot be watched.
     #[error("cannot watch the policy files: {0}")]
     Watch(#[from] notify::Error),
-    /// Not available in this build yet.
-    #[error("{0}")]
-    Unsupported(&'static str),
+    /// The Kubernetes policy source failed to start.
+    #[error(transparent)]
+    Kubernetes(#[from] crate::k8s::KubernetesError),
     /// The gRPC reflection descriptors are broken (a build defect).
     #[error("gRPC reflection: {0}")]
     Reflection(String),
@@ -151,10 +151,16 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
                 snapshot.clone(),
             )?)
         }
-        PolicySource::Kubernetes { .. } => {
-            return Err(StartError::Unsupported(
-                "--kubernetes: the TokenPolicy watcher is not in this build yet; use --policies",
-            ));
+        PolicySource::Kubernetes(kubernetes) => {
+            crate::k8s::start(
+                kubernetes.clone(),
+                registry.clone(),
+                snapshot.clone(),
+                &mut tasks,
+                stopped.clone(),
+            )
+            .await?;
+            None
         }
     };
 

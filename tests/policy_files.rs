@@ -213,3 +213,14 @@ fn crd_command_prints_the_custom_resource_definition() {
     assert_eq!(crd["metadata"]["name"], "tokenpolicies.scopegate.dev");
     assert_eq!(crd["spec"]["names"]["shortNames"][0], "tp");
 }
+
+#[test]
+fn committed_crd_manifest_is_the_generated_one() {
+    let out = run(["crd"]);
+    let committed =
+        std::fs::read_to_string("manifests/crds/tokenpolicies.scopegate.dev.yaml").unwrap();
+    assert!(
+        committed == String::from_utf8(out.stdout).unwrap(),
+        "manifests/crds/ is stale: run `cargo run -- crd > manifests/crds/tokenpolicies.scopegate.dev.yaml`"
+    );
+}

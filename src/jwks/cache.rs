@@ -26,7 +26,9 @@ pub struct JwksCache {
 
 #[derive(Default)]
 struct FetchState {
-    last_attempt: Option<Instant>,
+    /// The last fetch caused by an unknown `kid` (background refreshes do
+    /// not count: the limit only bounds what clients can trigger).
+    last_miss_fetch: Option<Instant>,
     /// The JWKS URI, once known (from the source or from discovery).
     jwks_uri: Option<reqwest::Url>,
 }
@@ -102,10 +104,10 @@ impl JwksCache {
     }
 
     /// Keys that can serve a token with this `kid`. On a miss (or before the
-    /// first successful fetch) refetches once, coalesced with concurrent
-    /// misses and at most once per `min_refetch_interval`; returns the keys as
-    /// they then are, so the caller reports an unknown `kid` if it is still
-    /// missing.
+    /// first successful fetch) refetches once: concurrent misses share one
+    /// fetch (or the background refresh in flight), and misses cause at most
+    /// one fetch per `min_refetch_interval`. Returns the keys as they then
+    /// are, so the caller reports an unknown `kid` if it is still missing.
     pub async fn keys_for(&self, kid: Option<&str>) -> Result<Arc<KeySet>, KeysUnavailable> {
         let seen_attempts = self.attempts.load(Ordering::Acquire);
         if let Some(keys) = self.keys.load_full()
@@ -139,39 +141,43 @@ impl JwksCache {
         }
         let min_interval = self.settings.min_refetch_interval;
         if state
-            .last_attempt
+            .last_miss_fetch
             .is_some_and(|at| at.elapsed() < min_interval)
         {
             return;
         }
+        state.last_miss_fetch = Some(Instant::now());
         // The outcome is recorded in the report; the caller re-reads the keys.
         let _ = self.fetch_locked(&mut state).await;
     }
 
     /// Fetches and stores keys; returns the server's max-age on success.
     async fn fetch_locked(&self, state: &mut FetchState) -> Result<Option<Duration>, ()> {
-        state.last_attempt = Some(Instant::now());
         let result = self.fetch(state).await;
-        self.attempts.fetch_add(1, Ordering::AcqRel);
-        let mut report = self.lock_report();
-        report.jwks_uri = state.jwks_uri.as_ref().map(ToString::to_string);
-        match result {
-            Ok((keys, max_age)) => {
-                tracing::debug!(source = %self.source, keys = keys.len(), "fetched JWKS");
-                self.keys.store(Some(Arc::new(keys)));
-                report.last_success = Some(SystemTime::now());
-                report.last_error = None;
-                Ok(max_age)
-            }
-            Err(error) => {
-                tracing::warn!(source = %self.source, %error, "JWKS fetch failed; keeping cached keys");
-                if matches!(self.source, JwksSource::Discovery { .. }) {
-                    state.jwks_uri = None; // rediscover next time
+        let outcome = {
+            let mut report = self.lock_report();
+            report.jwks_uri = state.jwks_uri.as_ref().map(ToString::to_string);
+            match result {
+                Ok((keys, max_age)) => {
+                    tracing::debug!(source = %self.source, keys = keys.len(), "fetched JWKS");
+                    self.keys.store(Some(Arc::new(keys)));
+                    report.last_success = Some(SystemTime::now());
+                    report.last_error = None;
+                    Ok(max_age)
                 }
-                report.last_error = Some(error.to_string());
-                Err(())
+                Err(error) => {
+                    tracing::warn!(source = %self.source, %error, "JWKS fetch failed; keeping cached keys");
+                    if matches!(self.source, JwksSource::Discovery { .. }) {
+                        state.jwks_uri = None; // rediscover next time
+                    }
+                    report.last_error = Some(error.to_string());
+                    Err(())
+                }
             }
-        }
+        };
+        // Last: whoever sees the new count also sees the keys and report.
+        self.attempts.fetch_add(1, Ordering::AcqRel);
+        outcome
     }
 
     async fn fetch(

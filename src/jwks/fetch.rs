@@ -65,7 +65,7 @@ pub(crate) async fn get_bounded(
 ) -> Result<Fetched, FetchError> {
     let transport = |e: reqwest::Error| FetchError::Transport {
         url: url.to_string(),
-        reason: e.without_url().to_string(),
+        reason: error_chain(&e.without_url()),
     };
     let response = client
         .get(url.clone())
@@ -104,6 +104,19 @@ pub(crate) async fn get_bounded(
         body.extend_from_slice(&chunk);
     }
     Ok(Fetched { body, max_age })
+}
+
+/// An error and its causes, `outer: inner: innermost` (reqwest's own
+/// message alone is often just "error sending request").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 /// `max-age=N` from a Cache-Control value (`no-cache`/`no-store` count as 0).

@@ -6,7 +6,7 @@
 //! cannot express.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 // clippy reads the repeated `type_ = "string"` of the printer columns as a
 // duplicated attribute; they are separate columns.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "scopegate.dev",
     version = "v1alpha1",
@@ -47,15 +47,26 @@ use serde::{Deserialize, Serialize};
 pub struct TokenPolicySpec {
     /// Request hosts this policy protects (port stripped, case-insensitive).
     /// `*.example.com` matches one or more labels in front of `example.com`.
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(
+            length(max = 253),
+            regex(
+                pattern = r"^(\*\.)?[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)*$"
+            )
+        )
+    )]
     pub hosts: Vec<String>,
     /// The token issuer and what its tokens must say.
     pub issuer: IssuerSpec,
     /// Claims whose values are the token's scopes: a string claim is
     /// space-separated, an array claim is a list; the scopes are their union.
     #[serde(default = "default_scope_claims")]
+    #[schemars(length(min = 1, max = 8), inner(length(min = 1, max = 256)))]
     pub scope_claims: Vec<String>,
     /// Request rules; the first one that matches the method and path decides.
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub rules: Vec<RuleSpec>,
     /// What happens when no rule matches.
     #[serde(default)]
@@ -63,6 +74,8 @@ pub struct TokenPolicySpec {
     /// Upstream request headers set from token claims on allow. Client-sent
     /// copies of these headers are always removed.
     #[serde(default)]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(h, self.exists_one(x, x.header == h.header))").message("each header may be set by one entry only"))]
     pub claim_headers: Vec<ClaimHeaderSpec>,
     /// `enforce` denies; `audit` decides and logs, but always allows.
     #[serde(default)]
@@ -70,40 +83,60 @@ pub struct TokenPolicySpec {
 }
 
 /// The issuer whose tokens a policy accepts.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(FETCHED_OVER_HTTPS).message("jwksUri (or, without it, url) must use https unless its host is loopback"))]
 pub struct IssuerSpec {
     /// The exact `iss` value (Auth0 keeps the trailing slash).
+    #[schemars(length(min = 1, max = 1024))]
     pub url: String,
     /// Where the signing keys are. Default: OIDC discovery at
     /// `url` + `.well-known/openid-configuration`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
     pub jwks_uri: Option<String>,
     /// Accepted `aud` values; a token's `aud` must contain at least one.
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 1024)))]
     pub audiences: Vec<String>,
     /// Accepted signature algorithms. Default: `[RS256]`.
     #[serde(default = "default_algorithms")]
+    #[schemars(
+        length(min = 1, max = 9),
+        inner(regex(pattern = r"^(RS256|RS384|RS512|PS256|PS384|PS512|ES256|ES384|EdDSA)$"))
+    )]
     pub algorithms: Vec<String>,
     /// Tolerance, in seconds, for `exp` and `nbf`. Default: 60.
     #[serde(default = "default_clock_skew_seconds")]
+    #[schemars(range(max = 600), extend("format" = "int32"))]
     pub clock_skew_seconds: u32,
 }
 
 /// One request rule.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new(ANONYMOUS_ALONE).message("an anonymous rule cannot also require scopes or clients"))]
 pub struct RuleSpec {
     /// HTTP methods (omitted: any method).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16), inner(regex(pattern = r"^[A-Za-z]{1,32}$")))]
     pub methods: Option<Vec<String>>,
     /// Path patterns: `*` is one segment, `**` any rest (omitted: any path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(length(max = 1024), regex(pattern = r"^/[^?#]*$"))
+    )]
     pub paths: Option<Vec<String>>,
     /// Scopes the token must have, all of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(length(max = 256), regex(pattern = r#"^[^\s"]+$"#))
+    )]
     pub require_scopes: Vec<String>,
     /// If set, the token's `azp` (or `client_id`) must be one of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 256)))]
     pub allowed_clients: Option<Vec<String>>,
     /// No token needed (a token, if sent, is still validated).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -133,14 +166,29 @@ pub enum Mode {
 }
 
 /// An upstream header set from a claim.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimHeaderSpec {
     /// Lowercase HTTP header name.
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+    )]
+    #[x_kube(validation = Rule::new(NOT_RESERVED_HEADER).message("this header is reserved and cannot be set from a claim"))]
     pub header: String,
     /// Top-level claim name (e.g. `sub`, `azp`, `https://example.com/email`).
+    #[schemars(length(min = 1, max = 256))]
     pub claim: String,
 }
+
+/// CEL: where keys are fetched from must be https, or http on loopback.
+const FETCHED_OVER_HTTPS: &str = r"(has(self.jwksUri) ? self.jwksUri : self.url).matches(r'^(https://|http://(localhost|127\.[0-9]+\.[0-9]+\.[0-9]+|\[::1\])([:/]|$))')";
+
+/// CEL: `anonymous: true` excludes `requireScopes` and `allowedClients`.
+const ANONYMOUS_ALONE: &str = "!has(self.anonymous) || !self.anonymous || ((!has(self.requireScopes) || size(self.requireScopes) == 0) && !has(self.allowedClients))";
+
+/// CEL: the reserved header names of [`super::compile`], kept in sync by a test.
+pub(crate) const NOT_RESERVED_HEADER: &str = "!(self in ['authorization', 'proxy-authorization', 'cookie', 'host', 'connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length', 'content-type']) && !self.startsWith('x-envoy-')";
 
 /// What scopegate reports about a policy.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

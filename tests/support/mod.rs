@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
     attribute_context,
 };
-use scopegate::config::ServeConfig;
+use scopegate::config::{PolicySource, ServeConfig};
 use scopegate::jwks::JwksSettings;
 use serde_json::{Value, json};
 
@@ -332,11 +332,13 @@ impl Scopegate {
     pub async fn start_with(policies: &str, jwks: JwksSettings) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("policies.yaml"), policies).unwrap();
-        let mut config = ServeConfig::with_policy_files(vec![dir.path().to_path_buf()]);
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.admin_listen = "127.0.0.1:0".parse().unwrap();
+        let mut config = test_config(PolicySource::Files(vec![dir.path().to_path_buf()]));
         config.jwks = jwks;
-        config.shutdown_grace = Duration::from_secs(2);
+        Self::start_config(config, dir).await
+    }
+
+    /// Starts scopegate with a full configuration; `dir` lives as long as it.
+    pub async fn start_config(config: ServeConfig, dir: tempfile::TempDir) -> Self {
         let running = scopegate::serve::start(config)
             .await
             .expect("scopegate starts");
@@ -386,9 +388,38 @@ impl Scopegate {
         Checked(response.into_inner())
     }
 
+    /// JWKS fetch attempts scopegate has completed (keys and errors recorded).
+    pub fn jwks_attempts(&self) -> u64 {
+        self.running
+            .registry()
+            .states()
+            .iter()
+            .map(|s| s.fetch_attempts)
+            .sum()
+    }
+
+    /// Waits until scopegate has completed more than `count` JWKS fetches.
+    pub async fn wait_for_jwks_attempts_above(&self, count: u64) {
+        eventually("scopegate completed another JWKS fetch", || async {
+            self.jwks_attempts() > count
+        })
+        .await;
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.running.admin_addr())
     }
+}
+
+/// A configuration on loopback ephemeral ports with fast JWKS settings.
+pub fn test_config(policies: PolicySource) -> ServeConfig {
+    let mut config = ServeConfig::with_policy_files(Vec::new());
+    config.policies = policies;
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.jwks = fast_jwks();
+    config.shutdown_grace = Duration::from_secs(2);
+    config
 }
 
 pub fn check_request(
@@ -498,6 +529,23 @@ impl Checked {
             .unwrap()
             .to_string()
     }
+}
+
+/// Polls `condition` until it holds (at most 20 s); returns how long it took.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !condition().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    start.elapsed()
 }
 
 /// Path of an external tool: `$ENV_VAR`, else the place `.ci/install-tools.sh` puts it.

@@ -1,0 +1,295 @@
+//! The in-memory index of `TokenPolicy` objects seen by the watchers.
+//!
+//! Watch events are applied here; each object's spec is compiled when it
+//! changes (not when only its status or metadata does), and
+//! [`PolicyIndex::candidates`] orders the compiled policies oldest first for
+//! [`crate::policy::PolicySnapshot::build`], so host conflicts resolve the
+//! same way on every replica.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt as _;
+
+use crate::policy::spec::TokenPolicyStatus;
+use crate::policy::{
+    Candidate, CompiledPolicy, FieldError, PolicyId, TokenPolicy, TokenPolicySpec,
+};
+
+/// `namespace/name` of an object, ordered for deterministic iteration.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// The namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    fn of(policy: &TokenPolicy) -> Self {
+        ObjectKey {
+            namespace: policy.namespace().unwrap_or_default(),
+            name: policy.name_any(),
+        }
+    }
+
+    /// The policy id, `namespace/name`.
+    pub fn id(&self) -> PolicyId {
+        format!("{}/{}", self.namespace, self.name).into()
+    }
+}
+
+/// What the index knows of one object.
+#[derive(Debug, Clone)]
+pub struct IndexedPolicy {
+    /// `metadata.creationTimestamp`: older policies win host conflicts.
+    pub created: Option<Time>,
+    /// `metadata.generation`, reported back as `observedGeneration`.
+    pub generation: Option<i64>,
+    /// The spec as last compiled.
+    spec: TokenPolicySpec,
+    /// The compilation result.
+    pub compiled: Result<CompiledPolicy, Vec<FieldError>>,
+    /// The status as last seen on the object.
+    pub status: Option<TokenPolicyStatus>,
+}
+
+/// Which objects one watcher is responsible for: a relist of a scope
+/// replaces exactly the objects of that scope.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Every namespace.
+    All,
+    /// One namespace.
+    Namespace(String),
+}
+
+impl Scope {
+    fn contains(&self, key: &ObjectKey) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Namespace(ns) => *ns == key.namespace,
+        }
+    }
+}
+
+/// Objects by key, plus relists in progress.
+#[derive(Debug, Default)]
+pub struct PolicyIndex {
+    objects: BTreeMap<ObjectKey, IndexedPolicy>,
+    relisting: Vec<(Scope, Vec<TokenPolicy>)>,
+}
+
+impl PolicyIndex {
+    /// Applies an added or modified object. Returns whether the served
+    /// policy set may have changed (false when only status or unrelated
+    /// metadata changed).
+    pub fn apply(&mut self, policy: TokenPolicy) -> bool {
+        let key = ObjectKey::of(&policy);
+        match self.objects.get_mut(&key) {
+            Some(existing)
+                if existing.spec == policy.spec
+                    && existing.created == policy.metadata.creation_timestamp =>
+            {
+                existing.generation = policy.metadata.generation;
+                existing.status = policy.status;
+                false
+            }
+            _ => {
+                let indexed = compile(&key, policy);
+                self.objects.insert(key, indexed);
+                true
+            }
+        }
+    }
+
+    /// Removes a deleted object. Returns whether it was known.
+    pub fn delete(&mut self, policy: &TokenPolicy) -> bool {
+        self.objects.remove(&ObjectKey::of(policy)).is_some()
+    }
+
+    /// A relist of `scope` begins; the current objects keep serving until
+    /// [`PolicyIndex::finish_relist`].
+    pub fn start_relist(&mut self, scope: Scope) {
+        self.relisting.retain(|(s, _)| *s != scope);
+        self.relisting.push((scope, Vec::new()));
+    }
+
+    /// An object of the relist in progress for `scope`.
+    pub fn relisted(&mut self, scope: &Scope, policy: TokenPolicy) {
+        if let Some((_, objects)) = self.relisting.iter_mut().find(|(s, _)| s == scope) {
+            objects.push(policy);
+        }
+    }
+
+    /// The relist of `scope` is complete: its objects replace the scope's
+    /// previous ones (unchanged specs are not recompiled).
+    pub fn finish_relist(&mut self, scope: &Scope) {
+        let Some(position) = self.relisting.iter().position(|(s, _)| s == scope) else {
+            return;
+        };
+        let (_, listed) = self.relisting.swap_remove(position);
+        let listed_keys: Vec<ObjectKey> = listed.iter().map(ObjectKey::of).collect();
+        self.objects
+            .retain(|key, _| !scope.contains(key) || listed_keys.contains(key));
+        for policy in listed {
+            self.apply(policy);
+        }
+    }
+
+    /// Compiled policies ordered oldest first (creation time, then
+    /// namespace/name), ready for [`crate::policy::PolicySnapshot::build`].
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let mut ordered: Vec<(&ObjectKey, &IndexedPolicy)> = self.objects.iter().collect();
+        ordered.sort_by(|(ka, a), (kb, b)| {
+            let time = |p: &IndexedPolicy| p.created.as_ref().map(|t| t.0);
+            time(a).cmp(&time(b)).then_with(|| ka.cmp(kb))
+        });
+        ordered
+            .into_iter()
+            .map(|(key, indexed)| Candidate {
+                id: key.id(),
+                compiled: indexed.compiled.clone(),
+            })
+            .collect()
+    }
+
+    /// Every indexed object.
+    pub fn objects(&self) -> impl Iterator<Item = (&ObjectKey, &IndexedPolicy)> {
+        self.objects.iter()
+    }
+}
+
+fn compile(key: &ObjectKey, policy: TokenPolicy) -> IndexedPolicy {
+    let compiled = CompiledPolicy::compile(key.id(), &policy.spec);
+    if let Err(errors) = &compiled {
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        tracing::warn!(policy = %key.id(), ?errors, "TokenPolicy does not compile; it is not served");
+    }
+    IndexedPolicy {
+        created: policy.metadata.creation_timestamp,
+        generation: policy.metadata.generation,
+        spec: policy.spec,
+        compiled,
+        status: policy.status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicySnapshot;
+    use crate::policy::PolicyState;
+
+    /// A TokenPolicy created `created` seconds after the epoch.
+    fn policy(ns: &str, name: &str, created: i64, hosts: &[&str]) -> TokenPolicy {
+        let spec: TokenPolicySpec = serde_json::from_value(serde_json::json!({
+            "hosts": hosts,
+            "issuer": {"url": "https://tenant.example.com/", "audiences": ["api"]},
+        }))
+        .unwrap();
+        let mut object = TokenPolicy::new(name, spec);
+        object.metadata.namespace = Some(ns.into());
+        object.metadata.generation = Some(1);
+        object.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+        ));
+        object
+    }
+
+    fn states(index: &PolicyIndex) -> Vec<(String, PolicyState)> {
+        PolicySnapshot::states_of(index.candidates())
+            .into_iter()
+            .map(|(id, state)| (id.to_string(), state))
+            .collect()
+    }
+
+    #[test]
+    fn status_only_updates_do_not_recompile_or_republish() {
+        let mut index = PolicyIndex::default();
+        assert!(index.apply(policy("a", "p", 1, &["x.example.com"])));
+        let mut with_status = policy("a", "p", 1, &["x.example.com"]);
+        with_status.status = Some(TokenPolicyStatus {
+            observed_generation: Some(1),
+            ..Default::default()
+        });
+        assert!(!index.apply(with_status));
+        let (_, indexed) = index.objects().next().unwrap();
+        assert_eq!(
+            indexed.status.as_ref().unwrap().observed_generation,
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn the_oldest_policy_wins_a_host_whatever_the_event_order() {
+        let mut index = PolicyIndex::default();
+        index.apply(policy("z", "newer", 20, &["x.example.com"]));
+        index.apply(policy("a", "older", 10, &["x.example.com"]));
+        let by_age = states(&index);
+        assert_eq!(by_age[0], ("a/older".into(), PolicyState::Accepted));
+        assert_eq!(
+            by_age[1],
+            (
+                "z/newer".into(),
+                PolicyState::HostConflict {
+                    host: "x.example.com".into(),
+                    winner: "a/older".into()
+                }
+            )
+        );
+        // Same creation time: namespace/name order decides.
+        let mut tie = PolicyIndex::default();
+        tie.apply(policy("b", "p", 5, &["y.example.com"]));
+        tie.apply(policy("a", "p", 5, &["y.example.com"]));
+        assert_eq!(states(&tie)[0], ("a/p".into(), PolicyState::Accepted));
+    }
+
+    #[test]
+    fn deleting_the_winner_hands_the_host_to_the_next_policy() {
+        let mut index = PolicyIndex::default();
+        let older = policy("a", "older", 10, &["x.example.com"]);
+        index.apply(older.clone());
+        index.apply(policy("b", "newer", 20, &["x.example.com"]));
+        assert!(index.delete(&older));
+        assert_eq!(
+            states(&index),
+            vec![("b/newer".into(), PolicyState::Accepted)]
+        );
+        assert!(!index.delete(&older), "deleting twice is a no-op");
+    }
+
+    #[test]
+    fn a_relist_replaces_only_its_scope_and_serves_the_old_set_meanwhile() {
+        let mut index = PolicyIndex::default();
+        index.apply(policy("a", "gone", 1, &["gone.example.com"]));
+        index.apply(policy("a", "kept", 2, &["kept.example.com"]));
+        index.apply(policy("b", "other", 3, &["other.example.com"]));
+
+        let scope = Scope::Namespace("a".into());
+        index.start_relist(scope.clone());
+        index.relisted(&scope, policy("a", "kept", 2, &["kept.example.com"]));
+        index.relisted(&scope, policy("a", "new", 4, &["new.example.com"]));
+        assert_eq!(
+            index.objects().count(),
+            3,
+            "nothing changes before the relist is done"
+        );
+
+        index.finish_relist(&scope);
+        let keys: Vec<String> = index.objects().map(|(k, _)| k.id().to_string()).collect();
+        assert_eq!(keys, vec!["a/kept", "a/new", "b/other"]);
+    }
+
+    #[test]
+    fn an_invalid_policy_is_indexed_with_its_errors_and_others_keep_serving() {
+        let mut index = PolicyIndex::default();
+        index.apply(policy("a", "bad", 1, &[]));
+        index.apply(policy("a", "good", 2, &["x.example.com"]));
+        let states = states(&index);
+        assert!(
+            matches!(&states[0].1, PolicyState::Invalid(errors) if errors[0].field == "spec.hosts")
+        );
+        assert_eq!(states[1].1, PolicyState::Accepted);
+    }
+}

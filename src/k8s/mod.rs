@@ -1,0 +1,274 @@
+//! `TokenPolicy` objects as the policy source: watch → index → snapshot,
+//! with statuses written back by the elected leader.
+//!
+//! ```text
+//!  kube watcher (per namespace, or all) ──events──► PolicyIndex ──candidates──► PolicySnapshot ─► Check
+//!        relist on 410 / errors, with backoff         │ (compiled once per spec change)   (ArcSwap)
+//!                                                     └──► StatusWriter ── SSA patch status (leader only)
+//!  Lease election ──is_leader──────────────────────────────┘
+//! ```
+//!
+//! The Check path never waits on the API server: while the watch is down or
+//! relisting, the last snapshot keeps serving.
+
+pub mod index;
+pub mod leader;
+pub mod status;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use kube::api::{Api, ListParams};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::jwks::JwksRegistry;
+use crate::policy::{PolicySnapshot, SnapshotHandle, TokenPolicy};
+use index::{PolicyIndex, Scope};
+pub use leader::LeaderSettings;
+
+/// Kubernetes-mode settings.
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    /// Namespaces to watch; empty: all namespaces.
+    pub namespaces: Vec<String>,
+    /// A kubeconfig file; `None`: `KUBECONFIG`, `~/.kube/config` or the
+    /// in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// Leader election for the status writer.
+    pub leader: LeaderSettings,
+    /// How often statuses are re-checked without a policy change (key cache
+    /// health changes on its own).
+    pub status_resync: Duration,
+}
+
+/// Why the Kubernetes source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesError {
+    /// No usable client configuration.
+    #[error("cannot configure the Kubernetes client (--kubeconfig, KUBECONFIG or in-cluster): {0}")]
+    Config(String),
+    /// The TokenPolicy resource is not served.
+    #[error(
+        "the TokenPolicy CRD is not installed (kubectl apply -f manifests/crds/tokenpolicies.scopegate.dev.yaml)"
+    )]
+    CrdMissing,
+    /// The service account may not list TokenPolicies.
+    #[error("not allowed to list TokenPolicies{scope}; apply manifests/rbac.yaml: {message}")]
+    Forbidden {
+        /// ` in namespace NS`, or empty for all namespaces.
+        scope: String,
+        /// The API server's message.
+        message: String,
+    },
+    /// Any other API error.
+    #[error("the Kubernetes API answered: {0}")]
+    Api(#[from] kube::Error),
+}
+
+/// Builds a client from `kubeconfig`, or the usual inference.
+pub async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, KubernetesError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| KubernetesError::Config(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| KubernetesError::Config(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| KubernetesError::Config(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(|e| KubernetesError::Config(e.to_string()))
+}
+
+/// Starts the watchers, the status writer and the leader election as tasks
+/// in `tasks`. Returns after checking that TokenPolicies can be listed; the
+/// snapshot is published (and readiness turns true) once every watcher has
+/// listed its scope.
+pub async fn start(
+    config: KubernetesConfig,
+    registry: JwksRegistry,
+    snapshot: SnapshotHandle,
+    tasks: &mut JoinSet<()>,
+    stopped: watch::Receiver<bool>,
+) -> Result<(), KubernetesError> {
+    let client = client(config.kubeconfig.as_ref()).await?;
+    let scopes: Vec<Scope> = if config.namespaces.is_empty() {
+        vec![Scope::All]
+    } else {
+        config
+            .namespaces
+            .iter()
+            .cloned()
+            .map(Scope::Namespace)
+            .collect()
+    };
+    for scope in &scopes {
+        check_access(&client, scope).await?;
+    }
+
+    let index = Arc::new(Mutex::new(PolicyIndex::default()));
+    let changed = Arc::new(Notify::new());
+    let (is_leader, leader) = watch::channel(false);
+
+    tasks.spawn(watch_policies(
+        client.clone(),
+        scopes,
+        index.clone(),
+        registry,
+        snapshot.clone(),
+        changed.clone(),
+        stopped.clone(),
+    ));
+    let writer = status::StatusWriter {
+        client: client.clone(),
+        index,
+        snapshot,
+        changed,
+        leader,
+        resync: config.status_resync,
+    };
+    let mut writer_stopped = stopped.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = writer.run() => {}
+            _ = writer_stopped.wait_for(|s| *s) => {}
+        }
+    });
+    let leases = Api::namespaced(client, &config.leader.namespace);
+    tasks.spawn(leader::run(leases, config.leader, is_leader, stopped));
+    Ok(())
+}
+
+fn api_for(client: &kube::Client, scope: &Scope) -> Api<TokenPolicy> {
+    match scope {
+        Scope::All => Api::all(client.clone()),
+        Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
+    }
+}
+
+/// Lists one object to turn "CRD missing" and "forbidden" into clear errors
+/// at start instead of a watcher retrying forever.
+async fn check_access(client: &kube::Client, scope: &Scope) -> Result<(), KubernetesError> {
+    match api_for(client, scope)
+        .list(&ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Err(KubernetesError::CrdMissing),
+        Err(kube::Error::Api(e)) if e.code == 403 => Err(KubernetesError::Forbidden {
+            scope: match scope {
+                Scope::All => String::new(),
+                Scope::Namespace(ns) => format!(" in namespace {ns}"),
+            },
+            message: e.message,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Feeds watch events of every scope into the index and republishes the
+/// snapshot when the served set may have changed.
+async fn watch_policies(
+    client: kube::Client,
+    scopes: Vec<Scope>,
+    index: Arc<Mutex<PolicyIndex>>,
+    registry: JwksRegistry,
+    snapshot: SnapshotHandle,
+    changed: Arc<Notify>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let streams = scopes.iter().map(|scope| {
+        let scope = scope.clone();
+        watcher::watcher(api_for(&client, &scope), watcher::Config::default())
+            .default_backoff()
+            .map(move |event| (scope.clone(), event))
+            .boxed()
+    });
+    let mut events = futures::stream::select_all(streams);
+    let mut listed: Vec<Scope> = Vec::new();
+    loop {
+        let (scope, event) = tokio::select! {
+            next = events.next() => match next {
+                Some(item) => item,
+                None => return,
+            },
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        let republish = {
+            let mut index = index.lock().expect("index lock is never poisoned");
+            match event {
+                Ok(Event::Init) => {
+                    index.start_relist(scope);
+                    false
+                }
+                Ok(Event::InitApply(policy)) => {
+                    index.relisted(&scope, policy);
+                    false
+                }
+                Ok(Event::InitDone) => {
+                    index.finish_relist(&scope);
+                    if !listed.contains(&scope) {
+                        listed.push(scope);
+                    }
+                    true
+                }
+                Ok(Event::Apply(policy)) => index.apply(policy),
+                Ok(Event::Delete(policy)) => index.delete(&policy),
+                Err(error) => {
+                    tracing::warn!(%error, "TokenPolicy watch failed; retrying with backoff, the last policies keep serving");
+                    false
+                }
+            }
+        };
+        let all_listed = scopes.iter().all(|s| listed.contains(s));
+        if republish && all_listed {
+            let candidates = index
+                .lock()
+                .expect("index lock is never poisoned")
+                .candidates();
+            let count = candidates.len();
+            snapshot.publish(PolicySnapshot::build(candidates, &registry));
+            tracing::info!(policies = count, "TokenPolicy snapshot updated");
+        }
+        // Status may change on every event (e.g. a status-only update that
+        // echoes our own write is a no-op for the writer).
+        changed.notify_one();
+    }
+}
+
+/// A unique identity for leader election: `POD_NAME`, else the host name,
+/// with a random suffix so that replicas never collide.
+pub fn default_identity() -> String {
+    let base = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "scopegate".into());
+    let mut suffix = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut suffix).expect("the system RNG works");
+    format!(
+        "{base}-{}",
+        suffix
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// The Lease namespace: `POD_NAMESPACE`, else the in-cluster service
+/// account's namespace, else `default`.
+pub fn default_lease_namespace() -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok()
+        })
+        .map(|ns| ns.trim().to_string())
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| "default".into())
+}

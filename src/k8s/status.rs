@@ -1,0 +1,306 @@
+//! What each `TokenPolicy`'s `status` should say, and the writer that puts
+//! it there with server-side apply (only when it changed, only on the
+//! leader).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use tokio::sync::{Notify, watch};
+
+use super::index::{IndexedPolicy, ObjectKey, PolicyIndex};
+use crate::jwks::JwksState;
+use crate::policy::spec::{JwksStatus, TokenPolicyStatus};
+use crate::policy::{PolicyState, SnapshotHandle, TokenPolicy};
+
+/// The field manager of every status write.
+pub const FIELD_MANAGER: &str = "scopegate";
+
+/// The status `indexed` should have, given its state in the snapshot and its
+/// issuer's key cache. `lastTransitionTime` is kept from the current
+/// condition while the condition's status does not change.
+pub fn desired_status(
+    indexed: &IndexedPolicy,
+    state: &PolicyState,
+    jwks: Option<&JwksState>,
+    now: SystemTime,
+) -> TokenPolicyStatus {
+    let (ready, reason, message) = match (state, jwks) {
+        (PolicyState::Invalid(errors), _) => (
+            false,
+            "Invalid",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        (PolicyState::HostConflict { host, winner }, _) => (
+            false,
+            "HostConflict",
+            format!("host {host} is already claimed by policy {winner}"),
+        ),
+        (PolicyState::Accepted, Some(jwks)) if jwks.keys == 0 => (
+            false,
+            "JwksUnavailable",
+            jwks.last_error
+                .clone()
+                .unwrap_or_else(|| "signing keys not fetched yet".into()),
+        ),
+        (
+            PolicyState::Accepted,
+            Some(JwksState {
+                last_error: Some(error),
+                ..
+            }),
+        ) => (
+            true,
+            "Accepted",
+            format!("serving cached keys; the last JWKS fetch failed: {error}"),
+        ),
+        (PolicyState::Accepted, _) => (true, "Accepted", String::new()),
+    };
+    let status = if ready { "True" } else { "False" };
+    let previous = indexed
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+    let last_transition_time = match previous {
+        Some(previous) if previous.status == status => previous.last_transition_time.clone(),
+        _ => to_time(now),
+    };
+    TokenPolicyStatus {
+        observed_generation: indexed.generation,
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: indexed.generation,
+            last_transition_time,
+        }],
+        jwks: jwks.map(|j| JwksStatus {
+            uri: j.jwks_uri.clone().or_else(|| Some(j.source.clone())),
+            keys: u32::try_from(j.keys).unwrap_or(u32::MAX),
+            last_fetch_time: j.last_success.map(to_time),
+            last_error: j.last_error.clone(),
+        }),
+    }
+}
+
+/// Kubernetes times have second precision; truncating keeps a written
+/// status equal to the one read back.
+fn to_time(t: SystemTime) -> Time {
+    let seconds = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Time(
+        k8s_openapi::jiff::Timestamp::from_second(i64::try_from(seconds).unwrap_or(i64::MAX))
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
+}
+
+/// Writes statuses while this replica is the leader.
+pub struct StatusWriter {
+    /// The client used for status patches.
+    pub client: kube::Client,
+    /// The watched objects.
+    pub index: Arc<Mutex<PolicyIndex>>,
+    /// The served snapshot (for policy states and key caches).
+    pub snapshot: SnapshotHandle,
+    /// Woken after every snapshot change.
+    pub changed: Arc<Notify>,
+    /// Whether this replica leads.
+    pub leader: watch::Receiver<bool>,
+    /// How often to re-check (key caches change without a snapshot change).
+    pub resync: Duration,
+}
+
+impl StatusWriter {
+    /// Runs until the process stops.
+    pub async fn run(mut self) {
+        let mut recently_written: HashMap<ObjectKey, (TokenPolicyStatus, Instant)> = HashMap::new();
+        loop {
+            if *self.leader.borrow() {
+                self.write_changed(&mut recently_written).await;
+            }
+            tokio::select! {
+                _ = self.changed.notified() => {}
+                _ = self.leader.changed() => {}
+                _ = tokio::time::sleep(self.resync) => {}
+            }
+        }
+    }
+
+    async fn write_changed(
+        &self,
+        recently_written: &mut HashMap<ObjectKey, (TokenPolicyStatus, Instant)>,
+    ) {
+        for (key, status) in self.pending(recently_written) {
+            let api: Api<TokenPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
+            let patch = serde_json::json!({
+                "apiVersion": "scopegate.dev/v1alpha1",
+                "kind": "TokenPolicy",
+                "status": status,
+            });
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            match api
+                .patch_status(&key.name, &params, &Patch::Apply(&patch))
+                .await
+            {
+                Ok(_) => {
+                    tracing::debug!(policy = %key.id(), "status written");
+                    recently_written.insert(key, (status, Instant::now()));
+                }
+                Err(error) => {
+                    tracing::warn!(policy = %key.id(), %error, "cannot write TokenPolicy status")
+                }
+            }
+        }
+    }
+
+    /// Objects whose status differs from what it should be, skipping writes
+    /// made in the last few seconds that the watch has not echoed yet.
+    fn pending(
+        &self,
+        recently_written: &HashMap<ObjectKey, (TokenPolicyStatus, Instant)>,
+    ) -> Vec<(ObjectKey, TokenPolicyStatus)> {
+        let snapshot = self.snapshot.load();
+        let states: HashMap<&str, &PolicyState> =
+            snapshot.states().iter().map(|(id, s)| (&**id, s)).collect();
+        let jwks: HashMap<&str, JwksState> = snapshot
+            .served()
+            .iter()
+            .map(|p| (&*p.policy.id, p.keys.state()))
+            .collect();
+        let index = self.index.lock().expect("index lock is never poisoned");
+        let now = SystemTime::now();
+        index
+            .objects()
+            .filter_map(|(key, indexed)| {
+                let id = key.id();
+                let state = states.get(&*id)?;
+                let desired = desired_status(indexed, state, jwks.get(&*id), now);
+                let unchanged = indexed.status.as_ref() == Some(&desired);
+                let just_written = recently_written
+                    .get(key)
+                    .is_some_and(|(s, at)| *s == desired && at.elapsed() < Duration::from_secs(5));
+                (!unchanged && !just_written).then(|| (key.clone(), desired))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::FieldError;
+
+    fn indexed(status: Option<TokenPolicyStatus>) -> IndexedPolicy {
+        let mut index = PolicyIndex::default();
+        let spec = serde_json::from_value(serde_json::json!({
+            "hosts": ["x.example.com"],
+            "issuer": {"url": "https://tenant.example.com/", "audiences": ["api"]},
+        }))
+        .unwrap();
+        let mut object = TokenPolicy::new("p", spec);
+        object.metadata.namespace = Some("ns".into());
+        object.metadata.generation = Some(3);
+        object.status = status;
+        index.apply(object);
+        index.objects().next().unwrap().1.clone()
+    }
+
+    fn jwks(keys: usize, last_error: Option<&str>) -> JwksState {
+        JwksState {
+            source: "https://tenant.example.com/.well-known/openid-configuration".into(),
+            jwks_uri: Some("https://tenant.example.com/.well-known/jwks.json".into()),
+            keys,
+            last_success: (keys > 0)
+                .then_some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+            last_error: last_error.map(String::from),
+            fetch_attempts: 1,
+        }
+    }
+
+    fn ready(status: &TokenPolicyStatus) -> (&str, &str, &str) {
+        let c = &status.conditions[0];
+        (c.status.as_str(), c.reason.as_str(), c.message.as_str())
+    }
+
+    #[test]
+    fn each_state_maps_to_a_ready_condition() {
+        let now = SystemTime::now();
+        let policy = indexed(None);
+        let accepted = desired_status(&policy, &PolicyState::Accepted, Some(&jwks(2, None)), now);
+        assert_eq!(ready(&accepted), ("True", "Accepted", ""));
+        assert_eq!(accepted.observed_generation, Some(3));
+        assert_eq!(accepted.jwks.as_ref().unwrap().keys, 2);
+
+        let stale = desired_status(
+            &policy,
+            &PolicyState::Accepted,
+            Some(&jwks(2, Some("HTTP 500"))),
+            now,
+        );
+        assert_eq!(ready(&stale).0, "True");
+        assert!(ready(&stale).2.contains("HTTP 500"));
+
+        let unavailable = desired_status(
+            &policy,
+            &PolicyState::Accepted,
+            Some(&jwks(0, Some("refused"))),
+            now,
+        );
+        assert_eq!(ready(&unavailable), ("False", "JwksUnavailable", "refused"));
+
+        let invalid = PolicyState::Invalid(vec![FieldError {
+            field: "spec.hosts".into(),
+            message: "empty".into(),
+        }]);
+        assert_eq!(
+            ready(&desired_status(&policy, &invalid, None, now)),
+            ("False", "Invalid", "spec.hosts: empty")
+        );
+
+        let conflict = PolicyState::HostConflict {
+            host: "x.example.com".into(),
+            winner: "a/old".into(),
+        };
+        assert_eq!(
+            ready(&desired_status(&policy, &conflict, None, now)).2,
+            "host x.example.com is already claimed by policy a/old"
+        );
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_the_status_holds() {
+        let first = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let later = first + Duration::from_secs(500);
+        let written = desired_status(
+            &indexed(None),
+            &PolicyState::Accepted,
+            Some(&jwks(1, None)),
+            first,
+        );
+        let observed = indexed(Some(written.clone()));
+        let again = desired_status(
+            &observed,
+            &PolicyState::Accepted,
+            Some(&jwks(1, None)),
+            later,
+        );
+        assert_eq!(again, written, "nothing changed, so nothing to write");
+
+        let flipped = desired_status(
+            &observed,
+            &PolicyState::Accepted,
+            Some(&jwks(0, Some("x"))),
+            later,
+        );
+        assert_eq!(flipped.conditions[0].last_transition_time, to_time(later));
+    }
+}
