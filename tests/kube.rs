@@ -119,6 +119,23 @@ async fn start_scopegate_with(config: KubernetesConfig) -> Scopegate {
     Scopegate::start_config(config, tempfile::tempdir().unwrap()).await
 }
 
+/// Creates `policy` (standard host and rules) and waits until `sg` allows
+/// a good token with it; returns that token and how long serving took.
+async fn create_served(
+    api: &Api<TokenPolicy>,
+    sg: &Scopegate,
+    policy: TokenPolicy,
+    jwks: &JwksServer,
+) -> (String, Duration) {
+    api.create(&PostParams::default(), &policy).await.unwrap();
+    let token = KEY_A.sign(&claims(&jwks.issuer()));
+    let took = eventually("the created policy serves", || async {
+        sg.check_token("GET", "/orders", &token).await.http_status() == 200
+    })
+    .await;
+    (token, took)
+}
+
 async fn ready_condition(api: &Api<TokenPolicy>, name: &str) -> Option<(String, String, String)> {
     let policy = api.get(name).await.ok()?;
     let condition = policy
@@ -143,15 +160,12 @@ async fn checks_follow_policies_as_they_are_created_patched_and_deleted() {
         403,
         "no policy yet"
     );
-    api.create(
-        &PostParams::default(),
-        &token_policy(&ns, "orders", &jwks, STANDARD_RULES),
+    let (_, took) = create_served(
+        &api,
+        &sg,
+        token_policy(&ns, "orders", &jwks, STANDARD_RULES),
+        &jwks,
     )
-    .await
-    .unwrap();
-    let took = eventually("the created policy serves", || async {
-        sg.check_token("GET", "/orders", &token).await.http_status() == 200
-    })
     .await;
     println!("created → served in {took:?}");
 
@@ -439,16 +453,12 @@ async fn the_rbac_manifest_is_enough_and_no_more() {
     let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
     let sg = start_scopegate_with(k8s_config(&kubeconfig, &ns, "scopegate-system")).await;
     let api = policies(&cluster.client, &ns);
-    api.create(
-        &PostParams::default(),
-        &token_policy(&ns, "orders", &jwks, STANDARD_RULES),
+    create_served(
+        &api,
+        &sg,
+        token_policy(&ns, "orders", &jwks, STANDARD_RULES),
+        &jwks,
     )
-    .await
-    .unwrap();
-    let token = KEY_A.sign(&claims(&jwks.issuer()));
-    eventually("the policy serves", || async {
-        sg.check_token("GET", "/orders", &token).await.http_status() == 200
-    })
     .await;
     eventually("the status is written with the service account", || async {
         ready_condition(&api, "orders")
@@ -567,16 +577,12 @@ async fn scopegate_keeps_serving_through_an_api_server_restart_and_resyncs() {
     let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
     let sg = start_scopegate(&cluster, &ns).await;
     let api = policies(&cluster.client, &ns);
-    api.create(
-        &PostParams::default(),
-        &token_policy(&ns, "orders", &jwks, STANDARD_RULES),
+    let (token, _) = create_served(
+        &api,
+        &sg,
+        token_policy(&ns, "orders", &jwks, STANDARD_RULES),
+        &jwks,
     )
-    .await
-    .unwrap();
-    let token = KEY_A.sign(&claims(&jwks.issuer()));
-    eventually("the policy serves", || async {
-        sg.check_token("GET", "/orders", &token).await.http_status() == 200
-    })
     .await;
 
     let restart = tokio::spawn({
