@@ -6,6 +6,48 @@ use serde_json::{Map, Value};
 
 use super::{IssuerRules, TokenError};
 
+/// Parses the payload as a JSON object whose top-level names are unique:
+/// a claim set with a duplicate name (`{"sub":"a","sub":"admin"}`) may be
+/// read differently by the upstream, so it is rejected (RFC 7519 §4).
+pub(super) fn parse_claims(payload: &[u8]) -> Result<Map<String, Value>, TokenError> {
+    struct UniqueClaims(Map<String, Value>);
+
+    impl<'de> serde::Deserialize<'de> for UniqueClaims {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = UniqueClaims;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object with unique names")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<UniqueClaims, A::Error> {
+                    let mut claims = Map::new();
+                    while let Some((name, value)) = map.next_entry::<String, Value>()? {
+                        if claims.insert(name, value).is_some() {
+                            return Err(serde::de::Error::custom("duplicate claim"));
+                        }
+                    }
+                    Ok(UniqueClaims(claims))
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+
+    serde_json::from_slice::<UniqueClaims>(payload)
+        .map(|unique| unique.0)
+        .map_err(|e| {
+            if e.to_string().starts_with("duplicate claim") {
+                TokenError::Malformed("payload has a duplicate claim")
+            } else {
+                TokenError::Malformed("payload is not a JSON object")
+            }
+        })
+}
+
 /// A token whose signature and registered claims have been verified.
 #[derive(Debug, Clone)]
 pub struct VerifiedToken {
@@ -23,6 +65,7 @@ impl VerifiedToken {
     ) -> Result<Self, TokenError> {
         let skew = rules.clock_skew_seconds;
         let expires_at = numeric_date(&claims, "exp")?.ok_or(TokenError::MissingExpiry)?;
+        numeric_date(&claims, "iat")?; // only its form is checked
         if now >= expires_at.saturating_add(skew) {
             return Err(TokenError::Expired);
         }
@@ -69,9 +112,11 @@ impl VerifiedToken {
     }
 
     /// A claim rendered as a header value: strings as they are, numbers and
-    /// booleans in JSON form, arrays of strings space-separated. Objects, nulls
-    /// and values that would be unsafe in a header (control characters, over
-    /// 4 KiB) give `None`, so the header is removed instead.
+    /// booleans in JSON form, arrays of strings space-separated. A value with
+    /// non-ASCII characters is sent as an RFC 8187 ext-value
+    /// (`UTF-8''jos%C3%A9`). Objects, nulls and values that would be unsafe in
+    /// a header (control characters, over 4 KiB) give `None`, so the header is
+    /// removed instead.
     pub fn header_value(&self, claim: &str) -> Option<Cow<'_, str>> {
         const MAX_HEADER_VALUE: usize = 4096;
         let rendered: Cow<'_, str> = match self.claims.get(claim)? {
@@ -87,8 +132,15 @@ impl VerifiedToken {
             ),
             Value::Null | Value::Object(_) => return None,
         };
-        let safe = rendered.len() <= MAX_HEADER_VALUE && !rendered.chars().any(char::is_control);
-        safe.then_some(rendered)
+        if rendered.chars().any(char::is_control) {
+            return None;
+        }
+        let value = if rendered.is_ascii() {
+            rendered
+        } else {
+            Cow::Owned(rfc8187_ext_value(&rendered))
+        };
+        (value.len() <= MAX_HEADER_VALUE).then_some(value)
     }
 
     /// The union of the scopes in `scope_claims`: a string claim is split on
@@ -106,6 +158,20 @@ impl VerifiedToken {
         scopes.dedup();
         Scopes(scopes)
     }
+}
+
+/// `UTF-8''` followed by the value with every byte outside RFC 8187's
+/// `attr-char` percent-encoded.
+fn rfc8187_ext_value(value: &str) -> String {
+    let mut out = String::from("UTF-8''");
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// A token's scopes, sorted and deduplicated.
@@ -129,8 +195,13 @@ impl<'a> Scopes<'a> {
     }
 }
 
-/// Reads an RFC 7519 NumericDate; fractions are truncated. Strings, negative
-/// or non-finite numbers are invalid.
+/// The largest NumericDate accepted: 2^53 − 1, the largest integer every
+/// JSON implementation reads exactly (RFC 7493); larger values are how
+/// overflow attacks start.
+const MAX_NUMERIC_DATE: u64 = (1 << 53) - 1;
+
+/// Reads an RFC 7519 NumericDate; fractions are truncated. Strings,
+/// negative, non-finite and too-large numbers are invalid.
 fn numeric_date(
     claims: &Map<String, Value>,
     name: &'static str,
@@ -141,13 +212,15 @@ fn numeric_date(
     let Value::Number(n) = value else {
         return Err(TokenError::InvalidClaim(name));
     };
-    if let Some(seconds) = n.as_u64() {
-        return Ok(Some(seconds));
+    let seconds = match (n.as_u64(), n.as_f64()) {
+        (Some(seconds), _) => seconds,
+        (None, Some(f)) if f.is_finite() && f >= 0.0 && f <= MAX_NUMERIC_DATE as f64 => f as u64,
+        _ => return Err(TokenError::InvalidClaim(name)),
+    };
+    if seconds > MAX_NUMERIC_DATE {
+        return Err(TokenError::InvalidClaim(name));
     }
-    match n.as_f64() {
-        Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => Ok(Some(f as u64)),
-        _ => Err(TokenError::InvalidClaim(name)),
-    }
+    Ok(Some(seconds))
 }
 
 /// `aud` may be a string or an array of strings; it matches if any value is

@@ -192,10 +192,7 @@ impl<'a> UnverifiedToken<'a> {
     ) -> Result<VerifiedToken, TokenError> {
         key.verify_sig(self.signing_input.as_bytes(), &self.signature)
             .map_err(|_| TokenError::BadSignature)?;
-        let claims: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&self.payload)
-                .map_err(|_| TokenError::Malformed("payload is not a JSON object"))?;
-        VerifiedToken::validate(claims, rules, now)
+        VerifiedToken::validate(claims::parse_claims(&self.payload)?, rules, now)
     }
 }
 

@@ -233,6 +233,7 @@ fn header_values_from_claims_are_safe() {
         "iss": ISSUER, "aud": AUDIENCE, "exp": NOW + 300,
         "email": "a@example.com", "n": 7, "ok": true, "groups": ["x", "y"],
         "evil": "a\r\nx-admin: true", "obj": {"a": 1}, "big": "x".repeat(5000),
+        "name": "José Müller",
     })))
     .unwrap();
     assert_eq!(
@@ -242,6 +243,10 @@ fn header_values_from_claims_are_safe() {
     assert_eq!(token.header_value("n").as_deref(), Some("7"));
     assert_eq!(token.header_value("ok").as_deref(), Some("true"));
     assert_eq!(token.header_value("groups").as_deref(), Some("x y"));
+    assert_eq!(
+        token.header_value("name").as_deref(),
+        Some("UTF-8''Jos%C3%A9%20M%C3%BCller")
+    );
     for unsafe_claim in ["evil", "obj", "big", "missing"] {
         assert_eq!(token.header_value(unsafe_claim), None, "{unsafe_claim}");
     }

@@ -75,13 +75,24 @@ impl RsaKey {
             Some("RS384") => &aws_lc_rs::signature::RSA_PKCS1_SHA384,
             _ => &aws_lc_rs::signature::RSA_PKCS1_SHA256,
         };
-        scopegate::token::encode_compact(header, claims, |input| {
-            let mut sig = vec![0; self.pair.public_modulus_len()];
-            self.pair
-                .sign(padding, &SystemRandom::new(), input, &mut sig)
-                .unwrap();
-            sig
-        })
+        scopegate::token::encode_compact(header, claims, |input| self.signature(padding, input))
+    }
+
+    /// The RS256 signature of exactly `input`.
+    pub fn rs256_signature(&self, input: &[u8]) -> Vec<u8> {
+        self.signature(&aws_lc_rs::signature::RSA_PKCS1_SHA256, input)
+    }
+
+    fn signature(
+        &self,
+        padding: &'static dyn aws_lc_rs::signature::RsaEncoding,
+        input: &[u8],
+    ) -> Vec<u8> {
+        let mut sig = vec![0; self.pair.public_modulus_len()];
+        self.pair
+            .sign(padding, &SystemRandom::new(), input, &mut sig)
+            .unwrap();
+        sig
     }
 }
 
