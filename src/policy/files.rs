@@ -129,6 +129,18 @@ fn is_policy_file(path: &Path) -> bool {
     visible && yaml && path.is_file()
 }
 
+/// Parses and compiles the documents of one file's text (what `load` does
+/// per file, without duplicate and host checks across files).
+pub fn parse_text(file: &Path, text: &str) -> Result<Vec<LoadedPolicy>, Vec<FileError>> {
+    let (mut loaded, mut errors) = (Vec::new(), Vec::new());
+    load_file(file, text, &mut loaded, &mut errors);
+    if errors.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(errors)
+    }
+}
+
 fn load_file(file: &Path, text: &str, loaded: &mut Vec<LoadedPolicy>, errors: &mut Vec<FileError>) {
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let number = index + 1;

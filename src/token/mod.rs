@@ -218,6 +218,17 @@ pub fn encode_compact(
     token
 }
 
+/// Validates a claim set **without any signature** — for fuzzing the claims
+/// parser only (feature `fuzzing`); never use it to accept a token.
+#[cfg(feature = "fuzzing")]
+pub fn validate_unsigned_claims_for_fuzzing(
+    payload: &[u8],
+    rules: &IssuerRules,
+    now: u64,
+) -> Result<VerifiedToken, TokenError> {
+    VerifiedToken::validate(claims::parse_claims(payload)?, rules, now)
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -185,6 +185,8 @@ pub fn claims(issuer: &str) -> Value {
 #[derive(Clone)]
 pub enum JwksReply {
     Keys(Value),
+    /// The keys, after a delay (a slow issuer).
+    SlowKeys(Value, Duration),
     Status(StatusCode),
     Body(&'static str),
 }
@@ -265,6 +267,10 @@ async fn serve_jwks(State(shared): State<Arc<JwksShared>>) -> Response {
     let reply = shared.reply.lock().unwrap().clone();
     match reply {
         JwksReply::Keys(doc) => axum::Json(doc).into_response(),
+        JwksReply::SlowKeys(doc, delay) => {
+            tokio::time::sleep(delay).await;
+            axum::Json(doc).into_response()
+        }
         JwksReply::Status(status) => status.into_response(),
         JwksReply::Body(body) => body.into_response(),
     }
