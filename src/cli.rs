@@ -16,6 +16,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use kube::CustomResourceExt as _;
 
+use crate::authz::TokenCacheSettings;
 use crate::config::{PolicySource, ServeConfig};
 use crate::devissuer::{MintRequest, MintResponse};
 use crate::jwks::JwksSettings;
@@ -108,6 +109,12 @@ struct ServeArgs {
     /// Timeout of one JWKS or discovery request.
     #[arg(long, env = "SCOPEGATE_JWKS_FETCH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     jwks_fetch_timeout: Duration,
+    /// Most verified tokens kept in the token cache (0 disables it).
+    #[arg(long, env = "SCOPEGATE_TOKEN_CACHE_SIZE", default_value_t = 100_000)]
+    token_cache_size: u64,
+    /// Longest a verified token is reused without verifying it again (never past its `exp`; 0 disables the cache).
+    #[arg(long, env = "SCOPEGATE_TOKEN_CACHE_MAX_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    token_cache_max_ttl: Duration,
     /// Time in-flight Checks get to finish after SIGTERM.
     #[arg(long, env = "SCOPEGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -223,6 +230,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             min_refetch_interval: args.jwks_min_refetch_interval,
             fetch_timeout: args.jwks_fetch_timeout,
             ..JwksSettings::default()
+        },
+        token_cache: TokenCacheSettings {
+            max_entries: args.token_cache_size,
+            max_ttl: args.token_cache_max_ttl,
         },
         shutdown_grace: args.shutdown_grace,
     };

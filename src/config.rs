@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::authz::TokenCacheSettings;
 use crate::jwks::JwksSettings;
 
 /// Where policies come from.
@@ -28,6 +29,8 @@ pub struct ServeConfig {
     pub dev_issuer: Option<SocketAddr>,
     /// JWKS fetching.
     pub jwks: JwksSettings,
+    /// The verified-token cache.
+    pub token_cache: TokenCacheSettings,
     /// How long in-flight Checks may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
 }
@@ -58,6 +61,7 @@ impl ServeConfig {
             policies: PolicySource::Files(paths),
             dev_issuer: None,
             jwks: JwksSettings::default(),
+            token_cache: TokenCacheSettings::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -88,6 +92,13 @@ impl ServeConfig {
             return Err(ConfigError::Invalid {
                 flag: "--jwks-refresh-interval (SCOPEGATE_JWKS_REFRESH_INTERVAL)",
                 message: "must be greater than zero".into(),
+            });
+        }
+        let cache_ttl = self.token_cache.max_ttl;
+        if !cache_ttl.is_zero() && cache_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                flag: "--token-cache-max-ttl (SCOPEGATE_TOKEN_CACHE_MAX_TTL)",
+                message: "must be 0 (cache off) or at least 1s".into(),
             });
         }
         Ok(())

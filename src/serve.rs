@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::{self, AdminState};
-use crate::authz::CheckService;
+use crate::authz::{CheckService, TokenCache};
 use crate::config::{ConfigError, PolicySource, ServeConfig};
 use crate::devissuer;
 use crate::jwks::JwksRegistry;
@@ -57,6 +57,7 @@ pub struct Running {
     dev_issuer: Option<Arc<devissuer::DevIssuer>>,
     snapshot: SnapshotHandle,
     registry: JwksRegistry,
+    token_cache: Arc<TokenCache>,
     shutting_down: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -88,6 +89,11 @@ impl Running {
     /// The key caches.
     pub fn registry(&self) -> &JwksRegistry {
         &self.registry
+    }
+
+    /// The verified-token cache (hit and miss counters for metrics).
+    pub fn token_cache(&self) -> &Arc<TokenCache> {
+        &self.token_cache
     }
 
     /// Stops accepting Checks: readiness fails at once, in-flight Checks get
@@ -165,9 +171,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     };
 
     let shutting_down = Arc::new(AtomicBool::new(false));
+    let token_cache = Arc::new(TokenCache::new(config.token_cache));
     tasks.spawn(serve_grpc(
         grpc_listener,
-        CheckService::new(snapshot.clone()),
+        CheckService::new(snapshot.clone(), token_cache.clone()),
         stopped.clone(),
     )?);
     let admin = admin::router(AdminState {
@@ -191,6 +198,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         dev_issuer,
         snapshot,
         registry,
+        token_cache,
         shutting_down,
         stop,
         tasks,

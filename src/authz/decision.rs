@@ -2,10 +2,12 @@
 //! an allow or a deny. Building the wire response is [`super::response`]'s job.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
+use super::token_cache::{KeyBinding, PreparedToken, TokenCache};
 use crate::jwks::KeysUnavailable;
 use crate::policy::{CompiledRule, DefaultAction, Mode, RequestPath, ServedPolicy};
-use crate::token::{TokenError, UnverifiedToken, VerifiedToken, unix_now};
+use crate::token::{TokenError, UnverifiedToken, unix_now};
 
 /// The parts of an HTTP request a decision reads.
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +35,7 @@ pub enum Decision {
 #[derive(Debug)]
 pub struct Allowed {
     /// The verified token; `None` for an anonymous rule without a token.
-    pub token: Option<VerifiedToken>,
+    pub token: Option<Arc<PreparedToken>>,
     /// The rule that allowed it (`rules[i]`, or `default`).
     pub rule: Cow<'static, str>,
     /// In audit mode, the denial that was not enforced.
@@ -152,8 +154,13 @@ fn credentials(authorization: Option<&str>) -> Credentials<'_> {
 /// Decides a request for the policy that serves its host, then applies the
 /// policy's mode: in audit mode a denial is logged by the caller and the
 /// request is allowed (with the token's claim headers if the token was valid).
-pub async fn decide(served: &ServedPolicy, request: &HttpAttributes<'_>) -> Decision {
-    match (enforce(served, request).await, served.policy.mode) {
+/// Verified tokens are looked up in and added to `cache`.
+pub async fn decide(
+    served: &ServedPolicy,
+    cache: &TokenCache,
+    request: &HttpAttributes<'_>,
+) -> Decision {
+    match (enforce(served, cache, request).await, served.policy.mode) {
         (Ok(allowed), _) => Decision::Allow(allowed),
         (Err((denial, _)), Mode::Enforce) => Decision::Deny(denial),
         (Err((denial, token)), Mode::Audit) => Decision::Allow(Allowed {
@@ -168,10 +175,11 @@ pub async fn decide(served: &ServedPolicy, request: &HttpAttributes<'_>) -> Deci
 }
 
 /// A denial, with the verified token when the token itself was fine.
-type Rejection = (Denial, Option<VerifiedToken>);
+type Rejection = (Denial, Option<Arc<PreparedToken>>);
 
 async fn enforce(
     served: &ServedPolicy,
+    cache: &TokenCache,
     request: &HttpAttributes<'_>,
 ) -> Result<Allowed, Rejection> {
     let policy = &served.policy;
@@ -188,16 +196,14 @@ async fn enforce(
             let error = TokenError::Malformed("bearer credentials are not a token");
             return Err((Denial::invalid_token(&error).with_rule(rule), None));
         }
-        Credentials::Bearer(token) => verify(served, token)
+        Credentials::Bearer(token) => verify(served, cache, token)
             .await
             .map_err(|denial| (denial.with_rule(rule), None))?,
     };
     let verdict = match rule {
         None if policy.default_action == DefaultAction::Allow => Ok(()),
         None => Err(Denial::forbidden("no_rule", "no rule allows this request")),
-        Some(rule) => {
-            check_rule(rule, &token, &policy.scope_claims).map_err(|d| d.with_rule(Some(rule)))
-        }
+        Some(rule) => check_rule(rule, &token).map_err(|d| d.with_rule(Some(rule))),
     };
     match verdict {
         Ok(()) => Ok(allowed(Some(token), rule)),
@@ -205,7 +211,7 @@ async fn enforce(
     }
 }
 
-fn allowed(token: Option<VerifiedToken>, rule: Option<&CompiledRule>) -> Allowed {
+fn allowed(token: Option<Arc<PreparedToken>>, rule: Option<&CompiledRule>) -> Allowed {
     Allowed {
         token,
         rule: rule_name(rule),
@@ -217,8 +223,17 @@ fn rule_name(rule: Option<&CompiledRule>) -> Cow<'static, str> {
     rule.map_or(Cow::Borrowed("default"), |r| Cow::Owned(r.name.to_string()))
 }
 
-/// Verifies a token against the policy's issuer rules and keys.
-pub async fn verify(served: &ServedPolicy, token: &str) -> Result<VerifiedToken, Denial> {
+/// Verifies a token against the policy's issuer rules and keys, or takes it
+/// from `cache` when it verified before under the same rules and key.
+pub async fn verify(
+    served: &ServedPolicy,
+    cache: &TokenCache,
+    token: &str,
+) -> Result<Arc<PreparedToken>, Denial> {
+    let now = unix_now();
+    if let Some(cached) = cache.get(token, &served.verification, &served.keys, now) {
+        return Ok(cached);
+    }
     let issuer = &served.policy.issuer;
     let unverified =
         UnverifiedToken::parse(token, issuer.algorithms).map_err(|e| Denial::invalid_token(&e))?;
@@ -227,20 +242,30 @@ pub async fn verify(served: &ServedPolicy, token: &str) -> Result<VerifiedToken,
         .keys_for(unverified.key_id())
         .await
         .map_err(|e| Denial::unavailable(&e))?;
+    let (kid, algorithm) = (unverified.key_id(), unverified.algorithm());
     let key = keys
-        .verifier(unverified.key_id(), unverified.algorithm())
+        .verifier(kid, algorithm)
         .map_err(|e| Denial::invalid_token(&e))?;
-    unverified
-        .verify(key, issuer, unix_now())
-        .map_err(|e| Denial::invalid_token(&e))
+    let binding = keys
+        .fingerprint(kid, algorithm)
+        .map(|fingerprint| KeyBinding {
+            kid: kid.map(Box::from),
+            algorithm,
+            fingerprint,
+        });
+    let verified = unverified
+        .verify(key, issuer, now)
+        .map_err(|e| Denial::invalid_token(&e))?;
+    let prepared = Arc::new(PreparedToken::new(verified, &served.policy.scope_claims));
+    if let Some(binding) = binding {
+        let verification = served.verification.clone();
+        cache.insert(token, prepared.clone(), verification, binding, now);
+    }
+    Ok(prepared)
 }
 
 /// `allowedClients`, then `requireScopes`.
-fn check_rule(
-    rule: &CompiledRule,
-    token: &VerifiedToken,
-    scope_claims: &[Box<str>],
-) -> Result<(), Denial> {
+fn check_rule(rule: &CompiledRule, token: &PreparedToken) -> Result<(), Denial> {
     if let Some(clients) = &rule.allowed_clients {
         let allowed = token
             .client_id()
@@ -255,11 +280,10 @@ fn check_rule(
     if rule.require_scopes.is_empty() {
         return Ok(());
     }
-    let granted = token.scopes(scope_claims);
     let missing: Vec<&str> = rule
         .require_scopes
         .iter()
-        .filter(|s| !granted.contains(s))
+        .filter(|s| !token.has_scope(s))
         .map(|s| &**s)
         .collect();
     if missing.is_empty() {

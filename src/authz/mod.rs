@@ -11,6 +11,9 @@
 
 mod decision;
 pub mod response;
+pub mod token_cache;
+
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
@@ -18,6 +21,7 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
 pub use decision::{Allowed, Decision, Denial, HttpAttributes, decide, verify};
+pub use token_cache::{PreparedToken, TokenCache, TokenCacheSettings};
 
 use crate::policy::{SnapshotHandle, normalize_host};
 
@@ -25,12 +29,17 @@ use crate::policy::{SnapshotHandle, normalize_host};
 #[derive(Clone)]
 pub struct CheckService {
     snapshot: SnapshotHandle,
+    token_cache: Arc<TokenCache>,
 }
 
 impl CheckService {
-    /// A service answering from `snapshot`.
-    pub fn new(snapshot: SnapshotHandle) -> Self {
-        CheckService { snapshot }
+    /// A service answering from `snapshot`, reusing verifications from
+    /// `token_cache`.
+    pub fn new(snapshot: SnapshotHandle, token_cache: Arc<TokenCache>) -> Self {
+        CheckService {
+            snapshot,
+            token_cache,
+        }
     }
 
     /// The tonic server wrapping this service.
@@ -62,7 +71,7 @@ impl CheckService {
             path: &http.path,
             authorization: authorization_header(http),
         };
-        match decide(&served, &attributes).await {
+        match decide(&served, &self.token_cache, &attributes).await {
             Decision::Allow(allowed) => {
                 if let Some(denial) = &allowed.audited_denial {
                     tracing::warn!(

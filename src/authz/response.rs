@@ -54,10 +54,7 @@ pub fn allow(policy: &CompiledPolicy, allowed: &Allowed) -> CheckResponse {
         if let Some(azp) = token.client_id() {
             metadata.insert("azp".to_string(), string_value(azp));
         }
-        metadata.insert(
-            "scope".to_string(),
-            string_value(&token.scopes(&policy.scope_claims).joined()),
-        );
+        metadata.insert("scope".to_string(), string_value(token.scope_line()));
     }
     if let Some(denial) = &allowed.audited_denial {
         metadata.insert("audit_denial".to_string(), string_value(denial.reason));

@@ -19,8 +19,16 @@ pub struct KeySet {
 
 struct PreparedKey {
     kid: Option<String>,
+    fingerprint: KeyFingerprint,
     verifiers: Vec<(Algorithm, ParsedPublicKey)>,
 }
+
+/// SHA-256 over a key's type and public components: equal exactly when two
+/// JWKS documents carry the same public key. Lets a verification result
+/// outlive a JWKS refresh only while the key that produced it is still
+/// published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyFingerprint([u8; 32]);
 
 /// Why a JWKS document could not be used at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,6 +144,16 @@ impl KeySet {
         }
     }
 
+    /// The fingerprint of the key that verifies `alg` for a token with this
+    /// `kid`, if the set still has such a key.
+    pub fn fingerprint(&self, kid: Option<&str>, alg: Algorithm) -> Option<KeyFingerprint> {
+        let key = self.find(kid).ok()?;
+        key.verifiers
+            .iter()
+            .any(|(a, _)| *a == alg)
+            .then_some(key.fingerprint)
+    }
+
     /// The key ids in the set, for logs and tests.
     pub fn key_ids(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().filter_map(|k| k.kid.as_deref())
@@ -174,9 +192,32 @@ fn prepare(jwk: Jwk) -> Option<PreparedKey> {
         return None;
     }
     Some(PreparedKey {
+        fingerprint: fingerprint(&jwk),
         kid: jwk.kid,
         verifiers,
     })
+}
+
+/// Hashes `kty` and every public component, each length-prefixed so that no
+/// two different keys encode alike.
+fn fingerprint(jwk: &Jwk) -> KeyFingerprint {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let parts = [
+        Some(&jwk.kty),
+        jwk.crv.as_ref(),
+        jwk.n.as_ref(),
+        jwk.e.as_ref(),
+        jwk.x.as_ref(),
+        jwk.y.as_ref(),
+    ];
+    for part in parts {
+        let bytes = part.map_or(&[][..], |p| p.as_bytes());
+        context.update(&(bytes.len() as u64).to_be_bytes());
+        context.update(bytes);
+    }
+    let mut digest = [0; 32];
+    digest.copy_from_slice(context.finish().as_ref());
+    KeyFingerprint(digest)
 }
 
 fn parse_public_key(jwk: &Jwk, alg: Algorithm) -> Option<ParsedPublicKey> {

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use cache::{JwksCache, JwksState, KeysUnavailable};
 pub use fetch::FetchError;
-pub use keyset::{KeySet, KeySetError};
+pub use keyset::{KeyFingerprint, KeySet, KeySetError};
 
 /// Where an issuer's keys come from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -11,7 +11,9 @@ pub mod spec;
 
 pub use compile::{ClaimHeader, CompiledPolicy, CompiledRule, FieldError, PolicyId};
 pub use matching::{AmbiguousPath, HostPattern, PathPattern, RequestPath, normalize_host};
-pub use snapshot::{Candidate, PolicySnapshot, PolicyState, ServedPolicy, SnapshotHandle};
+pub use snapshot::{
+    Candidate, PolicySnapshot, PolicyState, ServedPolicy, SnapshotHandle, Verification,
+};
 pub use spec::{DefaultAction, Mode, TokenPolicy, TokenPolicySpec};
 
 #[cfg(test)]

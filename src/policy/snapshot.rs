@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use super::compile::{CompiledPolicy, FieldError, PolicyId};
 use super::matching::HostPattern;
 use crate::jwks::{JwksCache, JwksRegistry};
+use crate::token::IssuerRules;
 
 /// A compiled policy bound to its issuer's key cache.
 #[derive(Debug)]
@@ -16,6 +17,36 @@ pub struct ServedPolicy {
     pub policy: CompiledPolicy,
     /// The issuer's keys.
     pub keys: Arc<JwksCache>,
+    /// What verifying a token for this policy depends on, shared with the
+    /// token cache entries verified under it.
+    pub verification: Arc<Verification>,
+}
+
+impl ServedPolicy {
+    /// Binds `policy` to its issuer's `keys`.
+    pub fn new(policy: CompiledPolicy, keys: Arc<JwksCache>) -> Self {
+        let verification = Arc::new(Verification {
+            issuer: policy.issuer.clone(),
+            scope_claims: policy.scope_claims.clone(),
+        });
+        ServedPolicy {
+            policy,
+            keys,
+            verification,
+        }
+    }
+}
+
+/// The parts of a policy a cached token verification depends on: a cached
+/// verification is reused only under an equal `Verification` (the keys are
+/// checked separately, by fingerprint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// Issuer, audiences, algorithms and clock skew.
+    pub issuer: IssuerRules,
+    /// The claims scopes are read from (the cached token's scopes are parsed
+    /// with them).
+    pub scope_claims: Box<[Box<str>]>,
 }
 
 impl std::fmt::Debug for JwksCache {
@@ -82,7 +113,7 @@ impl PolicySnapshot {
             let keys = registry.cache(&policy.jwks_source);
             snapshot
                 .served
-                .push(Arc::new(ServedPolicy { policy, keys }));
+                .push(Arc::new(ServedPolicy::new(policy, keys)));
         }
         snapshot
     }

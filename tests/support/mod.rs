@@ -347,10 +347,19 @@ impl Scopegate {
     }
 
     pub async fn start_with(policies: &str, jwks: JwksSettings) -> Self {
+        Self::start_configured(policies, |config| config.jwks = jwks).await
+    }
+
+    /// Starts scopegate with test defaults (loopback ports, [`fast_jwks`]),
+    /// then whatever `configure` changes.
+    pub async fn start_configured(
+        policies: &str,
+        configure: impl FnOnce(&mut ServeConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("policies.yaml"), policies).unwrap();
         let mut config = test_config(PolicySource::Files(vec![dir.path().to_path_buf()]));
-        config.jwks = jwks;
+        configure(&mut config);
         Self::start_config(config, dir).await
     }
 

@@ -1,0 +1,283 @@
+//! The verified-token cache: a token whose signature and registered claims
+//! verified once is not verified again while the entry is valid. Only the
+//! verification is cached, never a decision: rules (scopes, clients) run on
+//! every Check.
+//!
+//! ```text
+//!  token (full string, the key) ──► Entry { prepared token, verified under: (Verification, kid, alg, key fingerprint) }
+//!
+//!  a hit counts only if, now:
+//!    * the policy's Verification (issuer, audiences, algorithms, skew, scope claims) equals the entry's,
+//!    * the issuer's current JWKS still has a key with that kid for that alg, with the same fingerprint,
+//!    * now < min(exp + clock skew, inserted + max TTL).
+//!  anything else is a miss: the token is verified in full, and the entry replaced or dropped.
+//! ```
+//!
+//! The key is the whole token compared byte for byte, so no collision can
+//! turn one token into another. Failed verifications are never cached, so an
+//! attacker cannot fill the cache with garbage: only tokens that verify are
+//! inserted, and the cache's TinyLFU admission keeps frequently used entries
+//! when it is full.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+
+use crate::jwks::{JwksCache, KeyFingerprint};
+use crate::policy::Verification;
+use crate::token::{Algorithm, VerifiedToken};
+
+/// Size and lifetime bounds of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenCacheSettings {
+    /// Most entries held; 0 disables the cache.
+    pub max_entries: u64,
+    /// Longest an entry lives, whatever the token's `exp`; zero disables the
+    /// cache.
+    pub max_ttl: Duration,
+}
+
+impl Default for TokenCacheSettings {
+    fn default() -> Self {
+        TokenCacheSettings {
+            max_entries: 100_000,
+            max_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+impl TokenCacheSettings {
+    /// Whether these settings turn the cache on.
+    pub fn enabled(&self) -> bool {
+        self.max_entries > 0 && !self.max_ttl.is_zero()
+    }
+}
+
+/// A verified token with what every Check reads from it prepared once: its
+/// scopes, parsed, sorted and joined. Derefs to the [`VerifiedToken`].
+#[derive(Debug)]
+pub struct PreparedToken {
+    token: VerifiedToken,
+    scopes: Box<[Box<str>]>,
+    scope_line: Box<str>,
+}
+
+impl PreparedToken {
+    /// Prepares `token`, reading scopes from `scope_claims`.
+    pub fn new(token: VerifiedToken, scope_claims: &[Box<str>]) -> Self {
+        let scopes = token.scopes(scope_claims);
+        let scope_line = scopes.joined().into_boxed_str();
+        let scopes = scopes.iter().map(Box::from).collect();
+        PreparedToken {
+            token,
+            scopes,
+            scope_line,
+        }
+    }
+
+    /// Whether `scope` is granted.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.binary_search_by(|s| (**s).cmp(scope)).is_ok()
+    }
+
+    /// The granted scopes, sorted, deduplicated and space-separated.
+    pub fn scope_line(&self) -> &str {
+        &self.scope_line
+    }
+}
+
+impl Deref for PreparedToken {
+    type Target = VerifiedToken;
+
+    fn deref(&self) -> &VerifiedToken {
+        &self.token
+    }
+}
+
+/// The key a token was verified with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyBinding {
+    /// The token's `kid`.
+    pub kid: Option<Box<str>>,
+    /// The token's `alg`.
+    pub algorithm: Algorithm,
+    /// The verifying key's fingerprint.
+    pub fingerprint: KeyFingerprint,
+}
+
+struct Entry {
+    prepared: Arc<PreparedToken>,
+    verification: Arc<Verification>,
+    key: KeyBinding,
+    /// Unix seconds: the entry serves strictly before this.
+    valid_until: u64,
+    /// How long the cache keeps it (the same bound, as a duration).
+    lifetime: Duration,
+}
+
+impl Entry {
+    fn still_valid(&self, verification: &Arc<Verification>, keys: &JwksCache, now: u64) -> bool {
+        now < self.valid_until
+            && (Arc::ptr_eq(&self.verification, verification)
+                || *self.verification == **verification)
+            && keys.current().is_some_and(|set| {
+                set.fingerprint(self.key.kid.as_deref(), self.key.algorithm)
+                    == Some(self.key.fingerprint)
+            })
+    }
+}
+
+type Entries = moka::sync::Cache<Box<str>, Arc<Entry>, foldhash::fast::RandomState>;
+
+/// The cache, with hit and miss counters. Cheap to share behind an `Arc`.
+pub struct TokenCache {
+    entries: Option<Entries>,
+    max_ttl: Duration,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("enabled", &self.entries.is_some())
+            .field("hits", &self.hits())
+            .field("misses", &self.misses())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Each entry expires at its own `valid_until`.
+struct EntryLifetime;
+
+impl Expiry<Box<str>, Arc<Entry>> for EntryLifetime {
+    fn expire_after_create(
+        &self,
+        _: &Box<str>,
+        entry: &Arc<Entry>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(entry.lifetime)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Box<str>,
+        entry: &Arc<Entry>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.lifetime)
+    }
+}
+
+impl TokenCache {
+    /// A cache with these bounds (disabled if they say so).
+    pub fn new(settings: TokenCacheSettings) -> Self {
+        let entries = settings.enabled().then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(settings.max_entries)
+                .expire_after(EntryLifetime)
+                .build_with_hasher(foldhash::fast::RandomState::default())
+        });
+        TokenCache {
+            entries,
+            max_ttl: settings.max_ttl,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// A cache that holds nothing: every token is verified in full.
+    pub fn disabled() -> Self {
+        TokenCache::new(TokenCacheSettings {
+            max_entries: 0,
+            max_ttl: Duration::ZERO,
+        })
+    }
+
+    /// Whether the cache is on.
+    pub fn is_enabled(&self) -> bool {
+        self.entries.is_some()
+    }
+
+    /// The prepared token cached for `token`, if the entry still holds under
+    /// `verification` and the issuer's current `keys` at `now` (Unix
+    /// seconds). Counts a hit or a miss; an entry that no longer holds is
+    /// dropped.
+    pub fn get(
+        &self,
+        token: &str,
+        verification: &Arc<Verification>,
+        keys: &JwksCache,
+        now: u64,
+    ) -> Option<Arc<PreparedToken>> {
+        let entries = self.entries.as_ref()?;
+        match entries.get(token) {
+            Some(entry) if entry.still_valid(verification, keys, now) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(entry.prepared.clone())
+            }
+            stale => {
+                if stale.is_some() {
+                    entries.invalidate(token);
+                }
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Caches a token that has just verified under `verification` with the
+    /// key `key`, until `exp` (plus the clock skew) or the max TTL, whichever
+    /// comes first.
+    pub fn insert(
+        &self,
+        token: &str,
+        prepared: Arc<PreparedToken>,
+        verification: Arc<Verification>,
+        key: KeyBinding,
+        now: u64,
+    ) {
+        let Some(entries) = &self.entries else {
+            return;
+        };
+        let expires = prepared
+            .expires_at()
+            .saturating_add(verification.issuer.clock_skew_seconds);
+        let lifetime = Duration::from_secs(expires.saturating_sub(now)).min(self.max_ttl);
+        if lifetime.is_zero() {
+            return;
+        }
+        let entry = Entry {
+            prepared,
+            verification,
+            key,
+            valid_until: now.saturating_add(lifetime.as_secs()),
+            lifetime,
+        };
+        entries.insert(token.into(), Arc::new(entry));
+    }
+
+    /// Checks served from the cache so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Cache lookups that had to verify the token in full so far (not
+    /// counted while the cache is disabled).
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+
+    /// Entries held (approximate: pending evictions may not be applied yet).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.as_ref().map_or(0, |e| {
+            e.run_pending_tasks();
+            e.entry_count()
+        })
+    }
+}

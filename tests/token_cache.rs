@@ -1,0 +1,250 @@
+//! The verified-token cache over real sockets with real signed tokens: a
+//! cached verification is reused only while the key, the policy and the
+//! token's lifetime still allow it, and never skips the rules.
+
+mod support;
+
+use std::time::Duration;
+
+use scopegate::token::Algorithm;
+use serde_json::json;
+use support::*;
+
+/// A JWKS server with `keys` and a scopegate with the standard rules.
+async fn started(keys: Vec<serde_json::Value>) -> (JwksServer, Scopegate) {
+    let jwks = JwksServer::start(keys).await;
+    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
+    let scopegate = Scopegate::start(&policy).await;
+    (jwks, scopegate)
+}
+
+fn hits(sg: &Scopegate) -> u64 {
+    sg.running.token_cache().hits()
+}
+
+fn misses(sg: &Scopegate) -> u64 {
+    sg.running.token_cache().misses()
+}
+
+/// Polls `condition` every 10 ms until it holds; panics after 10 s.
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
+/// The fingerprint of the key `kid` in the JWKS scopegate currently holds for [`HOST`].
+fn served_key(sg: &Scopegate, kid: &str) -> Option<scopegate::jwks::KeyFingerprint> {
+    let snapshot = sg.running.snapshot().load();
+    let served = snapshot.lookup(HOST)?;
+    served
+        .keys
+        .current()?
+        .fingerprint(Some(kid), Algorithm::RS256)
+}
+
+/// Sends the token twice and asserts the second Check was a cache hit.
+async fn allow_twice_second_from_cache(sg: &Scopegate, token: &str) {
+    let (hits_before, misses_before) = (hits(sg), misses(sg));
+    assert_eq!(
+        sg.check_token("GET", "/orders", token).await.http_status(),
+        200
+    );
+    assert_eq!(misses(sg), misses_before + 1, "the first Check verifies");
+    assert_eq!(
+        sg.check_token("GET", "/orders", token).await.http_status(),
+        200
+    );
+    assert_eq!(hits(sg), hits_before + 1, "the second Check is a cache hit");
+}
+
+#[tokio::test]
+async fn a_repeated_token_is_verified_once_and_answered_the_same() {
+    let (jwks, sg) = started(vec![KEY_A.jwk()]).await;
+    let token = KEY_A.sign(&claims(&jwks.issuer()));
+    let first = sg.check_token("GET", "/orders/7", &token).await;
+    let second = sg.check_token("GET", "/orders/7", &token).await;
+    assert_eq!((hits(&sg), misses(&sg)), (1, 1));
+    for checked in [&first, &second] {
+        assert_eq!(checked.header("x-user-id").as_deref(), Some("auth0|user-1"));
+        assert_eq!(checked.removed(), vec!["x-user-email"]);
+        assert_eq!(
+            checked.metadata("scope").as_deref(),
+            Some("openid read:orders")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cache_hit_still_runs_the_scope_and_client_rules() {
+    let (jwks, sg) = started(vec![KEY_A.jwk()]).await;
+    let mut claims = claims(&jwks.issuer());
+    claims["azp"] = json!("some-other-agent");
+    let token = KEY_A.sign(&claims);
+    allow_twice_second_from_cache(&sg, &token).await;
+
+    let hits_before = hits(&sg);
+    let post = sg.check_token("POST", "/orders", &token).await;
+    assert_eq!(hits(&sg), hits_before + 1, "verified from the cache");
+    assert_eq!(post.http_status(), 403);
+    assert!(
+        post.www_authenticate().contains("error=\"access_denied\""),
+        "allowedClients still applies: {}",
+        post.www_authenticate()
+    );
+
+    let delete = sg.check_token("DELETE", "/orders/7", &token).await;
+    assert_eq!(hits(&sg), hits_before + 2, "verified from the cache");
+    assert_eq!(delete.http_status(), 403);
+    assert!(
+        delete
+            .www_authenticate()
+            .contains("scope=\"delete:orders admin:orders\""),
+        "requireScopes still applies: {}",
+        delete.www_authenticate()
+    );
+}
+
+#[tokio::test]
+async fn a_cached_token_is_denied_once_its_key_leaves_the_jwks() {
+    let (jwks, sg) = started(vec![KEY_A.jwk(), KEY_B.jwk()]).await;
+    let token = KEY_B.sign(&claims(&jwks.issuer()));
+    wait_until("key-b is served", || served_key(&sg, "key-b").is_some()).await;
+    allow_twice_second_from_cache(&sg, &token).await;
+
+    jwks.set_keys(vec![KEY_A.jwk()]);
+    wait_until("key-b is gone", || served_key(&sg, "key-b").is_none()).await;
+    let description = sg
+        .check_token("GET", "/orders", &token)
+        .await
+        .assert_invalid_token();
+    assert_eq!(description, "token signing key is not known");
+}
+
+#[tokio::test]
+async fn a_cached_token_is_denied_once_its_kid_names_another_key() {
+    let (jwks, sg) = started(vec![KEY_A.jwk()]).await;
+    let token = KEY_A.sign(&claims(&jwks.issuer()));
+    wait_until("key-a is served", || served_key(&sg, "key-a").is_some()).await;
+    let original = served_key(&sg, "key-a");
+    allow_twice_second_from_cache(&sg, &token).await;
+
+    // ROGUE reuses the kid "key-a" with different key material.
+    jwks.set_keys(vec![ROGUE.jwk()]);
+    wait_until("key-a is replaced", || served_key(&sg, "key-a") != original).await;
+    let description = sg
+        .check_token("GET", "/orders", &token)
+        .await
+        .assert_invalid_token();
+    assert_eq!(description, "token signature is invalid");
+}
+
+#[tokio::test]
+async fn a_cached_token_is_denied_once_it_expires() {
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES)
+        .replace("clockSkewSeconds: 60", "clockSkewSeconds: 0");
+    let sg = Scopegate::start(&policy).await;
+    let mut claims = claims(&jwks.issuer());
+    let expires_at = now() + 5;
+    claims["exp"] = json!(expires_at);
+    let token = KEY_A.sign(&claims);
+    allow_twice_second_from_cache(&sg, &token).await;
+
+    while now() < expires_at {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let description = sg
+        .check_token("GET", "/orders", &token)
+        .await
+        .assert_invalid_token();
+    assert_eq!(description, "token is expired");
+}
+
+#[tokio::test]
+async fn a_cached_token_is_denied_when_the_policy_audience_changes() {
+    let (jwks, sg) = started(vec![KEY_A.jwk()]).await;
+    let token = KEY_A.sign(&claims(&jwks.issuer()));
+    allow_twice_second_from_cache(&sg, &token).await;
+
+    let changed = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES)
+        .replace(AUDIENCE, "https://billing.example.com/api");
+    std::fs::write(sg.policy_dir().join("policies.yaml"), changed).unwrap();
+    wait_until("the new audience is served", || {
+        let snapshot = sg.running.snapshot().load();
+        snapshot
+            .lookup(HOST)
+            .is_some_and(|s| *s.policy.issuer.audiences[0] == *"https://billing.example.com/api")
+    })
+    .await;
+    let description = sg
+        .check_token("GET", "/orders", &token)
+        .await
+        .assert_invalid_token();
+    assert_eq!(description, "token audience is not accepted");
+}
+
+#[tokio::test]
+async fn a_forged_signature_on_a_cached_token_is_rejected() {
+    let (jwks, sg) = started(vec![KEY_A.jwk()]).await;
+    let token = KEY_A.sign(&claims(&jwks.issuer()));
+    allow_twice_second_from_cache(&sg, &token).await;
+
+    // Same header and payload as the cached token, another key's signature.
+    let (signing_input, _) = token.rsplit_once('.').unwrap();
+    let forged_signature = ROGUE.sign(&claims(&jwks.issuer()));
+    let forged = format!(
+        "{signing_input}.{}",
+        forged_signature.rsplit_once('.').unwrap().1
+    );
+    let description = sg
+        .check_token("GET", "/orders", &forged)
+        .await
+        .assert_invalid_token();
+    assert_eq!(description, "token signature is invalid");
+    // The good token is still served from the cache: the bad one evicted nothing.
+    let hits_before = hits(&sg);
+    assert_eq!(
+        sg.check_token("GET", "/orders", &token).await.http_status(),
+        200
+    );
+    assert_eq!(hits(&sg), hits_before + 1);
+}
+
+#[tokio::test]
+async fn rejected_tokens_are_never_cached() {
+    let (jwks, sg) = started(vec![KEY_A.jwk()]).await;
+    let token = ROGUE.sign(&claims(&jwks.issuer()));
+    for _ in 0..3 {
+        sg.check_token("GET", "/orders", &token)
+            .await
+            .assert_invalid_token();
+    }
+    assert_eq!(hits(&sg), 0);
+    assert_eq!(misses(&sg), 3);
+    assert_eq!(sg.running.token_cache().entry_count(), 0);
+}
+
+#[tokio::test]
+async fn a_zero_max_ttl_turns_the_cache_off() {
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
+    let sg = Scopegate::start_configured(&policy, |config| {
+        config.token_cache.max_ttl = Duration::ZERO;
+    })
+    .await;
+    let token = KEY_A.sign(&claims(&jwks.issuer()));
+    for _ in 0..3 {
+        assert_eq!(
+            sg.check_token("GET", "/orders", &token).await.http_status(),
+            200
+        );
+    }
+    assert!(!sg.running.token_cache().is_enabled());
+    assert_eq!(hits(&sg), 0);
+    assert_eq!(sg.running.token_cache().entry_count(), 0);
+}
