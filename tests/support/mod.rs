@@ -317,6 +317,63 @@ spec:
     )
 }
 
+/// `count` policies for hosts `api-0.example.com`, `api-1.example.com`, …
+/// that trust one issuer, each requiring `scopes` scopes (`scope:0`, …) on
+/// `GET /orders/*`: the policy set of the benchmarks.
+pub fn numbered_policies_yaml(count: usize, issuer: &str, jwks_uri: &str, scopes: usize) -> String {
+    let required = (0..scopes)
+        .map(|i| format!("\"scope:{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut yaml = String::new();
+    for i in 0..count {
+        yaml.push_str(&format!(
+            r#"---
+apiVersion: scopegate.dev/v1alpha1
+kind: TokenPolicy
+metadata: {{name: api-{i}, namespace: bench}}
+spec:
+  hosts: ["{host}"]
+  issuer:
+    url: "{issuer}"
+    jwksUri: "{jwks_uri}"
+    audiences: ["{AUDIENCE}"]
+    algorithms: ["RS256", "ES256", "EdDSA"]
+  rules:
+    - paths: ["/healthz"]
+      anonymous: true
+    - methods: ["GET"]
+      paths: ["/orders", "/orders/*"]
+      requireScopes: [{required}]
+  claimHeaders:
+    - {{header: x-user-id, claim: sub}}
+    - {{header: x-agent-client-id, claim: azp}}
+"#,
+            host = numbered_host(i),
+        ));
+    }
+    yaml
+}
+
+/// The host of policy `index` in [`numbered_policies_yaml`].
+pub fn numbered_host(index: usize) -> String {
+    format!("api-{index}.example.com")
+}
+
+/// Claims of a token for the [`numbered_policies_yaml`] policies with
+/// `scopes` scopes, valid for an hour.
+pub fn numbered_claims(issuer: &str, scopes: usize) -> Value {
+    let scope = (0..scopes)
+        .map(|i| format!("scope:{i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    json!({
+        "iss": issuer, "sub": "auth0|user-1", "azp": "agent-client",
+        "aud": [AUDIENCE, format!("{issuer}userinfo")],
+        "scope": scope, "iat": now(), "exp": now() + 3600,
+    })
+}
+
 /// The standard rules used by most tests.
 pub const STANDARD_RULES: &str = r#"  rules:
     - paths: ["/healthz"]

@@ -1,0 +1,421 @@
+//! The loopback load generator of `benches/load.sh` (run that script; this
+//! binary is its tool). Requests are encoded once and sent over raw HTTP/2
+//! (the `h2` crate), so the client spends as little CPU as possible.
+//!
+//! ```text
+//! loadgen setup    --dir D --jwks-uri URL   RSA key → D/jwks/.well-known/jwks.json, signed tokens
+//!                                           → D/tokens.txt, policies → D/policies-1.yaml, D/policies-N.yaml
+//! loadgen grpc     --addr A --host H --tokens D/tokens.txt   Checks with the first token, for a fixed time
+//! loadgen fill     --addr A --host H --tokens D/tokens.txt   one Check per token (fills the token cache)
+//! loadgen http     --addr A --host H --tokens D/tokens.txt   GET /orders/42 through Envoy (h2c)
+//! loadgen upstream --listen A                               the app behind Envoy: 200 "ok" on every path
+//! ```
+//!
+//! `grpc`, `fill` and `http` print one `RESULT key=value …` line and fail if
+//! any request was not allowed.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use bytes::{BufMut as _, Bytes, BytesMut};
+use clap::{Args, Parser, Subcommand};
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
+use prost::Message as _;
+use support::{RsaKey, check_request, numbered_claims, numbered_policies_yaml};
+
+/// The `iss` of the load-test tokens (never fetched: policies name the JWKS URI).
+const ISSUER: &str = "https://issuer.loadtest.example/";
+const PATH: &str = "/orders/42";
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Writes a JWKS, signed RS256 tokens and policy files.
+    Setup {
+        /// Output directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where scopegate will fetch `DIR/jwks/.well-known/jwks.json` from.
+        #[arg(long)]
+        jwks_uri: String,
+        /// Distinct tokens to sign.
+        #[arg(long, default_value_t = 100_000)]
+        tokens: usize,
+        /// Policies in the large policy file.
+        #[arg(long, default_value_t = 10_000)]
+        policies: usize,
+    },
+    /// gRPC Checks with the first token of the file, for a fixed time.
+    Grpc(Load),
+    /// One gRPC Check per token of the file.
+    Fill(Load),
+    /// HTTP GETs with the first token of the file (through Envoy), for a fixed time.
+    Http(Load),
+    /// Answers 200 "ok" to every HTTP request.
+    Upstream {
+        /// Listen address.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Load {
+    /// Server address.
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Request host.
+    #[arg(long)]
+    host: String,
+    /// File with one token per line.
+    #[arg(long)]
+    tokens: PathBuf,
+    /// Measured time (after the warm-up).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured time before it.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// HTTP/2 connections.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 16)]
+    streams: usize,
+    /// Label printed in the RESULT line.
+    #[arg(long, default_value = "run")]
+    label: String,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup {
+            dir,
+            jwks_uri,
+            tokens,
+            policies,
+        } => setup(&dir, &jwks_uri, tokens, policies),
+        Command::Grpc(load) => {
+            let token = first_token(&load)?;
+            let report = timed(&load, Protocol::Grpc, vec![token]).await?;
+            report.print(&load.label)
+        }
+        Command::Http(load) => {
+            let token = first_token(&load)?;
+            let report = timed(&load, Protocol::Http, vec![token]).await?;
+            report.print(&load.label)
+        }
+        Command::Fill(load) => {
+            let tokens = read_tokens(&load)?;
+            let report = each_once(&load, tokens).await?;
+            report.print(&load.label)
+        }
+        Command::Upstream { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            let app = axum::Router::new().fallback(|| async { "ok" });
+            axum::serve(listener, app).await?;
+            Ok(())
+        }
+    }
+}
+
+fn setup(
+    dir: &std::path::Path,
+    jwks_uri: &str,
+    tokens: usize,
+    policies: usize,
+) -> anyhow::Result<()> {
+    let key = RsaKey::generate("loadtest");
+    let jwks_dir = dir.join("jwks/.well-known");
+    std::fs::create_dir_all(&jwks_dir)?;
+    let jwks = serde_json::json!({"keys": [key.jwk()]});
+    std::fs::write(jwks_dir.join("jwks.json"), jwks.to_string())?;
+    for count in [1, policies] {
+        let yaml = numbered_policies_yaml(count, ISSUER, jwks_uri, 1);
+        std::fs::write(dir.join(format!("policies-{count}.yaml")), yaml)?;
+    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let signed: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let key = &key;
+                scope.spawn(move || {
+                    (t..tokens)
+                        .step_by(threads)
+                        .map(|i| {
+                            let mut claims = numbered_claims(ISSUER, 1);
+                            claims["jti"] = serde_json::json!(format!("loadtest-{i}"));
+                            claims["exp"] = serde_json::json!(support::now() + 24 * 3600);
+                            key.sign(&claims)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a signing thread panicked"))
+            .collect()
+    });
+    std::fs::write(dir.join("tokens.txt"), signed.join("\n") + "\n")?;
+    println!(
+        "wrote {tokens} tokens and policy files to {}",
+        dir.display()
+    );
+    Ok(())
+}
+
+fn read_tokens(load: &Load) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(&load.tokens)
+        .with_context(|| format!("reading {}", load.tokens.display()))?;
+    let tokens: Vec<String> = text.lines().map(str::to_string).collect();
+    ensure!(
+        !tokens.is_empty(),
+        "{} has no tokens",
+        load.tokens.display()
+    );
+    Ok(tokens)
+}
+
+fn first_token(load: &Load) -> anyhow::Result<String> {
+    Ok(read_tokens(load)?.swap_remove(0))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Protocol {
+    /// `envoy.service.auth.v3.Authorization/Check`.
+    Grpc,
+    /// `GET /orders/42` (through Envoy).
+    Http,
+}
+
+/// One pre-encoded request: headers are rebuilt per request (h2 takes them
+/// by value), the body is shared.
+struct Prepared {
+    protocol: Protocol,
+    uri: http::Uri,
+    authorization: http::HeaderValue,
+    body: Bytes,
+}
+
+impl Prepared {
+    fn new(protocol: Protocol, load: &Load, token: &str) -> anyhow::Result<Self> {
+        let bearer = format!("Bearer {token}");
+        let (uri, body) = match protocol {
+            Protocol::Grpc => {
+                let request = check_request(
+                    &load.host,
+                    "GET",
+                    PATH,
+                    &[("authorization", &bearer)],
+                    HashMap::new(),
+                );
+                let message = request.encode_to_vec();
+                let mut framed = BytesMut::with_capacity(5 + message.len());
+                framed.put_u8(0); // not compressed
+                framed.put_u32(u32::try_from(message.len())?);
+                framed.put_slice(&message);
+                let uri = format!(
+                    "http://{}/envoy.service.auth.v3.Authorization/Check",
+                    load.addr
+                );
+                (uri, framed.freeze())
+            }
+            Protocol::Http => (format!("http://{}{PATH}", load.host), Bytes::new()),
+        };
+        Ok(Prepared {
+            protocol,
+            uri: uri.parse()?,
+            authorization: bearer.parse()?,
+            body,
+        })
+    }
+
+    fn request(&self) -> http::Request<()> {
+        let builder = http::Request::builder().uri(self.uri.clone());
+        let builder = match self.protocol {
+            Protocol::Grpc => builder
+                .method("POST")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers"),
+            Protocol::Http => builder
+                .method("GET")
+                .header("authorization", self.authorization.clone()),
+        };
+        builder.body(()).expect("a static request is valid")
+    }
+
+    /// Sends the request; `Ok(true)` when it was allowed.
+    async fn send(&self, sender: &h2::client::SendRequest<Bytes>) -> anyhow::Result<bool> {
+        let mut sender = sender.clone().ready().await?;
+        let end_of_stream = self.body.is_empty();
+        let (response, mut stream) = sender.send_request(self.request(), end_of_stream)?;
+        if !end_of_stream {
+            stream.send_data(self.body.clone(), true)?;
+        }
+        let response = response.await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut data = BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk?;
+            body.flow_control().release_capacity(chunk.len())?;
+            data.extend_from_slice(&chunk);
+        }
+        match self.protocol {
+            Protocol::Http => Ok(status == http::StatusCode::OK),
+            Protocol::Grpc => {
+                let trailers = body.trailers().await?.unwrap_or_default();
+                let grpc_ok = trailers.get("grpc-status").is_some_and(|s| s == "0");
+                if !grpc_ok || data.len() < 5 {
+                    return Ok(false);
+                }
+                let answer = CheckResponse::decode(&data[5..])?;
+                Ok(answer.status.is_some_and(|s| s.code == 0))
+            }
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<h2::client::SendRequest<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let (sender, connection) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(1 << 24)
+        .handshake(tcp)
+        .await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender.ready().await?)
+}
+
+/// Latencies of the allowed requests in the measured window, and failures.
+#[derive(Default)]
+struct Report {
+    latencies: Vec<Duration>,
+    failures: usize,
+    elapsed: Duration,
+}
+
+impl Report {
+    fn merge(&mut self, other: Report) {
+        self.latencies.extend(other.latencies);
+        self.failures += other.failures;
+    }
+
+    fn print(mut self, label: &str) -> anyhow::Result<()> {
+        self.latencies.sort_unstable();
+        let at = |q: f64| {
+            let i = ((self.latencies.len() as f64 * q) as usize).min(self.latencies.len() - 1);
+            self.latencies[i].as_secs_f64() * 1e6
+        };
+        ensure!(!self.latencies.is_empty(), "{label}: no request succeeded");
+        let seconds = self.elapsed.as_secs_f64();
+        println!(
+            "RESULT label={label} requests={} seconds={seconds:.2} rps={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} failures={}",
+            self.latencies.len(),
+            self.latencies.len() as f64 / seconds,
+            at(0.50),
+            at(0.99),
+            at(0.999),
+            self.failures
+        );
+        if self.failures > 0 {
+            bail!("{label}: {} requests were not allowed", self.failures);
+        }
+        Ok(())
+    }
+}
+
+/// `connections × streams` workers each send requests back to back until
+/// the warm-up and the measured time are over.
+async fn timed(load: &Load, protocol: Protocol, tokens: Vec<String>) -> anyhow::Result<Report> {
+    let prepared = Arc::new(Prepared::new(protocol, load, &tokens[0])?);
+    let measure_from = Instant::now() + load.warmup;
+    let deadline = measure_from + load.duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..load.connections {
+        let sender = connect(load.addr).await?;
+        for _ in 0..load.streams {
+            let (sender, prepared) = (sender.clone(), prepared.clone());
+            workers.spawn(async move {
+                let mut report = Report::default();
+                loop {
+                    let start = Instant::now();
+                    if start >= deadline {
+                        return report;
+                    }
+                    let allowed = prepared.send(&sender).await;
+                    if start >= measure_from {
+                        match allowed {
+                            Ok(true) => report.latencies.push(start.elapsed()),
+                            _ => report.failures += 1,
+                        }
+                    }
+                }
+            });
+        }
+    }
+    let mut report = Report {
+        elapsed: load.duration,
+        ..Report::default()
+    };
+    while let Some(worker) = workers.join_next().await {
+        report.merge(worker?);
+    }
+    Ok(report)
+}
+
+/// Sends one Check per token, `connections × streams` at a time.
+async fn each_once(load: &Load, tokens: Vec<String>) -> anyhow::Result<Report> {
+    let requests: Arc<Vec<Prepared>> = Arc::new(
+        tokens
+            .iter()
+            .map(|t| Prepared::new(Protocol::Grpc, load, t))
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..load.connections {
+        let sender = connect(load.addr).await?;
+        for _ in 0..load.streams {
+            let (sender, requests, next) = (sender.clone(), requests.clone(), next.clone());
+            workers.spawn(async move {
+                let mut report = Report::default();
+                while let Some(prepared) = requests.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let start = Instant::now();
+                    match prepared.send(&sender).await {
+                        Ok(true) => report.latencies.push(start.elapsed()),
+                        _ => report.failures += 1,
+                    }
+                }
+                report
+            });
+        }
+    }
+    let mut report = Report::default();
+    while let Some(worker) = workers.join_next().await {
+        report.merge(worker?);
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
