@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the ext_authz gRPC service and the admin HTTP server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Parse and compile policy files; print `file:document: field: message` for each problem.
     Validate {
         /// Policy files or directories.
@@ -187,7 +187,7 @@ impl Cli {
 impl Command {
     async fn run(self) -> anyhow::Result<ExitCode> {
         match self {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Validate { paths } => Ok(validate(&paths)),
             Command::Mint(args) => mint(args).await,
             Command::Check(args) => check(args).await,
