@@ -1,0 +1,601 @@
+#!/usr/bin/env python3
+"""Renders and checks the scopegate Helm chart with a real Helm engine.
+
+    chart_tool.py render-install   # rewrite manifests/install.yaml from the chart
+    chart_tool.py render OUT_DIR   # write each value set's rendered chart to OUT_DIR/SET.yaml
+    chart_tool.py test             # every chart check; last line "chart tests: N passed, M failed"
+
+Helm is helm-python-sdk (Helm v4's Go SDK); objects are validated with
+kubernetes-validate, YAML files with yamllint. Run through .ci/chart-test.sh,
+which installs those into .tools/venv first.
+"""
+
+from __future__ import annotations
+
+import copy
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate.utils as kv
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "scopegate"
+CRD_NAME = "tokenpolicies.scopegate.dev.yaml"
+CHART_CRD = CHART / "crds" / CRD_NAME
+MANIFEST_CRD = ROOT / "manifests" / "crds" / CRD_NAME
+RBAC = ROOT / "manifests" / "rbac.yaml"
+INSTALL = ROOT / "manifests" / "install.yaml"
+RELEASE = "scopegate"
+NAMESPACE = "scopegate"
+# The oldest Kubernetes the chart supports is checked, and the newest the
+# installed kubernetes-validate knows.
+KUBE_VERSIONS = ["1.33.0", kv.latest_version()]
+
+# Value sets rendered and validated besides the defaults.
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "watch-namespaces": {"watchNamespaces": ["shop", "payments"]},
+    "autoscaling": {
+        "autoscaling": {
+            "enabled": True,
+            "minReplicas": 3,
+            "maxReplicas": 8,
+            "targetMemoryUtilizationPercentage": 80,
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+        }
+    },
+    "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
+    "everything-else": {
+        "networkPolicy": {
+            "enabled": True,
+            "grpcFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}}}],
+            "egress": {"enabled": True},
+        },
+        "otel": {
+            "enabled": True,
+            "endpoint": "http://otel-collector.observability:4317",
+            "resourceAttributes": {"deployment.environment": "prod"},
+        },
+        "podDisruptionBudget": {"maxUnavailable": None, "minAvailable": 1},
+        "image": {"digest": "sha256:" + "a" * 64},
+        "runAsUser": None,
+        "runAsGroup": None,
+        "extraArgs": ["--jwks-refresh-interval=10m"],
+        "extraEnv": [{"name": "RUST_BACKTRACE", "value": "1"}],
+        "priorityClassName": "system-cluster-critical",
+    },
+}
+
+# Helm's install order (pkg/release/v1/util/kind_sorter.go), for install.yaml.
+INSTALL_ORDER = [
+    "PriorityClass", "Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange",
+    "PodSecurityPolicy", "PodDisruptionBudget", "ServiceAccount", "Secret",
+    "SecretList", "ConfigMap", "StorageClass", "PersistentVolume",
+    "PersistentVolumeClaim", "CustomResourceDefinition", "ClusterRole",
+    "ClusterRoleList", "ClusterRoleBinding", "ClusterRoleBindingList", "Role",
+    "RoleList", "RoleBinding", "RoleBindingList", "Service", "DaemonSet", "Pod",
+    "ReplicationController", "ReplicaSet", "Deployment", "HorizontalPodAutoscaler",
+    "StatefulSet", "Job", "CronJob", "IngressClass", "Ingress", "APIService",
+]
+
+
+# === rendering ===============================================================
+
+def load_chart() -> helm.Chart:
+    return helm.Chart.load(str(CHART))
+
+
+def render(values: dict[str, Any], namespace: str = NAMESPACE) -> dict[str, str]:
+    """Template path -> rendered text, as `helm install` would render it."""
+    return load_chart().render(values, name=RELEASE, namespace=namespace, is_install=True)
+
+
+def split_documents(text: str) -> list[str]:
+    """The non-empty YAML documents of a multi-document text."""
+    docs = re.split(r"^---[ \t]*$", text, flags=re.MULTILINE)
+    return [d.strip("\n") for d in docs if yaml.safe_load(d) is not None]
+
+
+def rendered_documents(rendered: dict[str, str]) -> list[tuple[str, str]]:
+    """(template path, document text) for every object, NOTES.txt excluded."""
+    out = []
+    for path in sorted(rendered):
+        if path.endswith("NOTES.txt"):
+            continue
+        out.extend((path, doc) for doc in split_documents(rendered[path]))
+    return out
+
+
+def rendered_objects(values: dict[str, Any]) -> list[dict[str, Any]]:
+    return [yaml.safe_load(doc) for _, doc in rendered_documents(render(values))]
+
+
+def install_order(kind: str) -> int:
+    return INSTALL_ORDER.index(kind) if kind in INSTALL_ORDER else len(INSTALL_ORDER)
+
+
+def install_yaml() -> str:
+    """manifests/install.yaml: namespace, CRD and the chart with default values."""
+    namespace = f"""apiVersion: v1
+kind: Namespace
+metadata:
+  name: {NAMESPACE}
+  labels:
+    pod-security.kubernetes.io/enforce: restricted
+    pod-security.kubernetes.io/enforce-version: latest"""
+    docs = [("(namespace)", namespace), (f"scopegate/crds/{CRD_NAME}", CHART_CRD.read_text().strip("\n"))]
+    docs += rendered_documents(render({}))
+    docs.sort(key=lambda d: install_order(yaml.safe_load(d[1])["kind"]))  # stable: keeps template order
+    header = (
+        "# scopegate: everything `helm install scopegate charts/scopegate -n scopegate`\n"
+        "# creates with default values, plus its namespace, for clusters without Helm:\n"
+        "#   kubectl apply --server-side -f manifests/install.yaml\n"
+        "# GENERATED by charts/render-install.sh from charts/scopegate; do not edit.\n"
+    )
+    body = "".join(f"---\n# Source: {source}\n{doc}\n" for source, doc in docs)
+    return header + body
+
+
+# === checks ==================================================================
+
+class Failure(Exception):
+    """A check's assertion failed; the message says what and where."""
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise Failure(message)
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(objects, kind)
+    require(len(found) == 1, f"expected exactly one {kind}, found {len(found)}")
+    return found[0]
+
+
+def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def env_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(objects)["env"]}
+
+
+def validate_with_kubernetes_schemas(objects: list[dict[str, Any]], version: str) -> None:
+    """Every built-in object against the official schema of `version`
+    (strict: unknown fields are errors). Only the ServiceMonitor is a CRD
+    kind; check_service_monitor covers it."""
+    for obj in objects:
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["kind"] == "ServiceMonitor":
+            continue
+        try:
+            kv.validate(obj, version, strict=True)
+        except kv.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            raise Failure(f"{name} against Kubernetes {version}: {path}: {e.message}") from None
+        except kv.SchemaNotFoundError:
+            raise Failure(f"{name}: no schema for {obj['apiVersion']} {obj['kind']} in Kubernetes {version}") from None
+
+
+def check_restricted_pod_security(objects: list[dict[str, Any]]) -> None:
+    """The Pod Security Standard "restricted" profile, rule by rule
+    (https://kubernetes.io/docs/concepts/security/pod-security-standards/)."""
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    psc = pod.get("securityContext", {})
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        require(not pod.get(field), f"pod sets {field}")
+    for volume in pod.get("volumes", []):
+        allowed = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+        kinds = set(volume) - {"name"}
+        require(kinds <= allowed, f"volume {volume['name']} uses {kinds - allowed}")
+    require(psc.get("runAsUser") != 0, "pod runs as UID 0")
+    for c in pod["containers"] + pod.get("initContainers", []):
+        sc = c.get("securityContext", {})
+        where = f"container {c['name']}"
+        require(sc.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation must be false")
+        require(not sc.get("privileged"), f"{where}: privileged")
+        require(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: capabilities must drop ALL")
+        require(not sc.get("capabilities", {}).get("add"), f"{where}: adds capabilities")
+        require(sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, f"{where}: runAsNonRoot must be true")
+        require(sc.get("runAsUser", psc.get("runAsUser")) != 0, f"{where}: runs as UID 0")
+        seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        require(seccomp in ("RuntimeDefault", "Localhost"), f"{where}: seccompProfile {seccomp!r}")
+        require(sc.get("readOnlyRootFilesystem") is True, f"{where}: root filesystem must be read-only")
+        require(not any(p.get("hostPort") for p in c.get("ports", [])), f"{where}: uses hostPort")
+
+
+def check_deployment_contract(objects: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    """What the issue asks of the Deployment, for any value set."""
+    deployment = one(objects, "Deployment")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    c = container(objects)
+    require(spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, "rolling update maxUnavailable must be 0")
+    require(c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}, "readiness probe is not /readyz")
+    require(c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}, "liveness probe is not /healthz")
+    sleep = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = int(env_of(objects)["SCOPEGATE_SHUTDOWN_GRACE"].rstrip("s"))
+    require(pod["terminationGracePeriodSeconds"] >= sleep + grace,
+            "terminationGracePeriodSeconds shorter than preStop sleep + shutdown grace")
+    require(c["args"][:2] == ["serve", "--kubernetes"], f"args {c['args']}")
+    require({p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": 9001, "admin": 9090}, "container ports")
+    require("requests" in c["resources"] and "memory" in c["resources"].get("limits", {}), "resources")
+    env = env_of(objects)
+    for var in ("POD_NAME", "POD_NAMESPACE"):
+        require(isinstance(env.get(var), dict) and "fieldRef" in env[var], f"{var} must come from the downward API")
+    selector = spec["selector"]["matchLabels"]
+    require(all(pod_label in spec["template"]["metadata"]["labels"].items() for pod_label in selector.items()),
+            "pod labels do not match the selector")
+    for tsc in pod["topologySpreadConstraints"]:
+        require(tsc["labelSelector"] == {"matchLabels": selector}, "topology spread selects other pods")
+    require({t["topologyKey"] for t in pod["topologySpreadConstraints"]} ==
+            {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}, "spread over zones and nodes")
+    require(pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"], "service account")
+
+    service = one(objects, "Service")
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    require(ports["grpc"]["appProtocol"] == "grpc" and ports["grpc"]["port"] == 9001, "gRPC service port")
+    require(ports["admin"]["port"] == 9090, "admin service port")
+    require(service["spec"]["selector"] == selector, "service selector")
+
+    pdbs = by_kind(objects, "PodDisruptionBudget")
+    require(len(pdbs) == 1 and pdbs[0]["spec"]["selector"]["matchLabels"] == selector, "PodDisruptionBudget")
+
+
+def rbac_rule_set(rules: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
+    """Rules as (apiGroup, resource, verb, resourceName) tuples, so equal
+    permissions compare equal however they are grouped or ordered."""
+    out = set()
+    for rule in rules:
+        for group in rule.get("apiGroups", [""]):
+            for resource in rule.get("resources", []):
+                for verb in rule["verbs"]:
+                    for name in rule.get("resourceNames", ["*"]):
+                        out.add((group, resource, verb, name))
+    return out
+
+
+def role_permissions(objects: list[dict[str, Any]], sa: tuple[str, str]) -> set[tuple[str, str, str, str, str]]:
+    """Everything service account `sa` (namespace, name) may do, as
+    (scope, apiGroup, resource, verb, resourceName); scope is "*" for a
+    cluster-wide grant, else the namespace."""
+    roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o
+             for o in objects if o["kind"] in ("Role", "ClusterRole")}
+    grants = set()
+    for binding in objects:
+        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        subjects = {(s.get("namespace"), s["name"]) for s in binding["subjects"] if s["kind"] == "ServiceAccount"}
+        if sa not in subjects:
+            continue
+        ref = binding["roleRef"]
+        ns = binding["metadata"].get("namespace") if binding["kind"] == "RoleBinding" else None
+        role = roles.get((ref["kind"], ns if ref["kind"] == "Role" else None, ref["name"]))
+        require(role is not None, f"{binding['kind']} {binding['metadata']['name']} refers to a missing {ref['kind']} {ref['name']}")
+        scope = ns or "*"
+        grants |= {(scope, *rule) for rule in rbac_rule_set(role["rules"])}
+    return grants
+
+
+def check_rbac_matches_manifest(objects: list[dict[str, Any]]) -> None:
+    manifest = [d for d in yaml.safe_load_all(RBAC.read_text()) if d]
+    sa_of = lambda objs: next(((o["metadata"]["namespace"], o["metadata"]["name"]) for o in objs if o["kind"] == "ServiceAccount"), None)
+    manifest_sa = sa_of(manifest) or (NAMESPACE, RELEASE)
+    chart_sa = sa_of(objects)
+    require(chart_sa == (NAMESPACE, RELEASE), f"chart service account {chart_sa}")
+    want = role_permissions(manifest, manifest_sa)
+    got = role_permissions(objects, chart_sa)
+    require(want, "manifests/rbac.yaml grants nothing to the service account")
+    require(got == want, f"chart RBAC differs from manifests/rbac.yaml: chart only {sorted(got - want)}, manifest only {sorted(want - got)}")
+
+
+def check_rbac_watch_namespaces(objects: list[dict[str, Any]]) -> None:
+    """watchNamespaces: a Role per namespace with the ClusterRole's rules, nothing cluster-wide"""
+    manifest = [d for d in yaml.safe_load_all(RBAC.read_text()) if d]
+    cluster_rules = set()
+    for o in manifest:
+        if o["kind"] == "ClusterRole":
+            cluster_rules |= rbac_rule_set(o["rules"])
+    got = role_permissions(objects, (NAMESPACE, RELEASE))
+    require(not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding"),
+            "watchNamespaces must not create cluster-wide RBAC")
+    require(all(scope != "*" for scope, *_ in got), "a cluster-wide grant with watchNamespaces")
+    for ns in ("shop", "payments"):
+        require({tuple(rule) for scope, *rule in got if scope == ns} == cluster_rules,
+                f"namespace {ns} does not get exactly the ClusterRole's rules of manifests/rbac.yaml")
+    leases = {tuple(rule) for scope, *rule in got if scope == NAMESPACE}
+    require(leases and all(group == "coordination.k8s.io" for group, *_ in leases), "leases role in the release namespace")
+    require(env_of(objects)["SCOPEGATE_NAMESPACES"] == "shop,payments", "SCOPEGATE_NAMESPACES")
+
+
+def check_default_set(objects: list[dict[str, Any]]) -> None:
+    """2 replicas, optional objects off, RBAC == manifests/rbac.yaml"""
+    require(one(objects, "Deployment")["spec"]["replicas"] == 2, "2 replicas by default")
+    require(not by_kind(objects, "HorizontalPodAutoscaler"), "no HPA by default")
+    require(not by_kind(objects, "ServiceMonitor") and not by_kind(objects, "NetworkPolicy"), "optional objects off by default")
+    require("SCOPEGATE_NAMESPACES" not in env_of(objects), "all namespaces by default")
+    check_rbac_matches_manifest(objects)
+
+
+def check_autoscaling_set(objects: list[dict[str, Any]]) -> None:
+    """HorizontalPodAutoscaler owns the replicas"""
+    hpa = one(objects, "HorizontalPodAutoscaler")
+    deployment = one(objects, "Deployment")
+    require("replicas" not in deployment["spec"], "the HPA owns replicas; the Deployment must not set them")
+    require(hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}, "HPA target")
+    require((hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 8), "HPA bounds")
+    require({m["resource"]["name"] for m in hpa["spec"]["metrics"]} == {"cpu", "memory"}, "HPA metrics")
+
+
+def check_service_monitor(objects: list[dict[str, Any]]) -> None:
+    """ServiceMonitor scrapes the Service's admin port /metrics"""
+    sm = one(objects, "ServiceMonitor")
+    service = one(objects, "Service")
+    require(sm["apiVersion"] == "monitoring.coreos.com/v1", "ServiceMonitor apiVersion")
+    require(sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items(), "ServiceMonitor does not select the Service")
+    require(sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}, "ServiceMonitor namespace")
+    [endpoint] = sm["spec"]["endpoints"]
+    require(endpoint["port"] in {p["name"] for p in service["spec"]["ports"]} and endpoint["path"] == "/metrics", "ServiceMonitor endpoint")
+    require(sm["metadata"]["labels"].get("release") == "kube-prometheus-stack", "ServiceMonitor extra labels")
+
+
+def check_everything_else_set(objects: list[dict[str, Any]]) -> None:
+    """NetworkPolicy, OTEL_* env, PDB minAvailable, digest, extraArgs"""
+    netpol = one(objects, "NetworkPolicy")
+    require(netpol["spec"]["policyTypes"] == ["Ingress", "Egress"], "NetworkPolicy types")
+    require(netpol["spec"]["ingress"][0]["ports"] == [{"port": "grpc", "protocol": "TCP"}], "gRPC ingress")
+    env = env_of(objects)
+    require(env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317", "OTEL endpoint")
+    require(env["OTEL_SERVICE_NAME"] == RELEASE and env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc", "OTEL service/protocol")
+    require("deployment.environment=prod" in env["OTEL_RESOURCE_ATTRIBUTES"].split(","), "OTEL resource attributes")
+    require(one(objects, "PodDisruptionBudget")["spec"].get("minAvailable") == 1, "PDB minAvailable")
+    c = container(objects)
+    require(c["image"] == "ghcr.io/scopegate/scopegate@sha256:" + "a" * 64, "image digest")
+    require("runAsUser" not in one(objects, "Deployment")["spec"]["template"]["spec"]["securityContext"], "runAsUser null is omitted")
+    require(c["args"][-1] == "--jwks-refresh-interval=10m", "extraArgs")
+
+
+SET_CHECKS: dict[str, Callable[[list[dict[str, Any]]], None]] = {
+    "defaults": check_default_set,
+    "watch-namespaces": check_rbac_watch_namespaces,
+    "autoscaling": check_autoscaling_set,
+    "service-monitor": check_service_monitor,
+    "everything-else": check_everything_else_set,
+}
+
+
+def check_notes() -> None:
+    notes = render({})["scopegate/templates/NOTES.txt"]
+    objects = rendered_objects({})
+    service = one(objects, "Service")
+    # The two snippets are the blocks that start at column 0.
+    blocks = re.findall(r"^(meshConfig:\n(?:[ ].*\n)+|apiVersion: security\.istio\.io.*\n(?:[a-z ].*\n)+)", notes, flags=re.MULTILINE)
+    require(len(blocks) == 2, f"NOTES.txt should hold the meshConfig and AuthorizationPolicy snippets, found {len(blocks)}")
+    mesh, policy = (yaml.safe_load(b) for b in blocks)
+    [provider] = mesh["meshConfig"]["extensionProviders"]
+    grpc = provider["envoyExtAuthzGrpc"]
+    fqdn = f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
+    require(grpc["service"] == fqdn, f"provider service {grpc['service']} != {fqdn}")
+    require(grpc["port"] == next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"), "provider port")
+    require(grpc["failOpen"] is False and grpc["timeout"], "provider must fail closed with a timeout")
+    require(policy["kind"] == "AuthorizationPolicy" and policy["spec"]["action"] == "CUSTOM", "AuthorizationPolicy action CUSTOM")
+    require(policy["spec"]["provider"]["name"] == provider["name"], "AuthorizationPolicy provider name")
+
+
+def check_istio_manifests() -> None:
+    mesh = yaml.safe_load((ROOT / "manifests/istio/mesh-config-patch.yaml").read_text())
+    policy = yaml.safe_load((ROOT / "manifests/istio/authorizationpolicy.yaml").read_text())
+    [provider] = mesh["spec"]["meshConfig"]["extensionProviders"]
+    grpc = provider["envoyExtAuthzGrpc"]
+    service = one([d for d in yaml.safe_load_all(INSTALL.read_text()) if d], "Service")
+    require(grpc["service"] == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local", "mesh patch service FQDN vs install.yaml")
+    require(grpc["port"] == 9001 and grpc["failOpen"] is False, "mesh patch port / failOpen")
+    require(policy["spec"]["action"] == "CUSTOM" and policy["spec"]["provider"]["name"] == provider["name"], "AuthorizationPolicy")
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silences file descriptor 2: Helm's Go side logs every template `fail`
+    there, and the reject checks expect those."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def check_schema_rejects(values: dict[str, Any], expected: str) -> None:
+    try:
+        with quiet_stderr():
+            render(values)
+    except helm.HelmError as e:
+        require(expected in str(e), f"rejected, but the message lacks {expected!r}: {e}")
+        return
+    raise Failure(f"values {values} were accepted")
+
+
+def check_lint(values: dict[str, Any]) -> None:
+    report = helm.lint(str(CHART), values, strict=True, namespace=NAMESPACE, kube_version="v1.33.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + [{"error": e} for e in report["errors"]]
+    require(not problems, f"helm lint --strict: {problems}")
+
+
+def yamllint_text(text: str, label: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "yamllint", "-c", str(ROOT / ".yamllint.yaml"), "-f", "parsable", "-"],
+        input=text, capture_output=True, text=True,
+    )
+    require(result.returncode == 0, f"yamllint {label}:\n{result.stdout}{result.stderr}")
+
+
+def check_yamllint_files() -> None:
+    # manifests/envoy/envoy.yaml is a template (its ${PLACEHOLDERS} are not YAML until substituted).
+    manifests = [p for p in sorted((ROOT / "manifests").rglob("*.yaml")) if p.parent.name != "envoy"]
+    files = [CHART / "Chart.yaml", CHART / "values.yaml", CHART_CRD, *manifests]
+    result = subprocess.run(
+        [sys.executable, "-m", "yamllint", "-c", str(ROOT / ".yamllint.yaml"), "-f", "parsable", *map(str, files)],
+        capture_output=True, text=True,
+    )
+    require(result.returncode == 0, f"yamllint:\n{result.stdout}{result.stderr}")
+
+
+def check_crd_copies() -> None:
+    require(MANIFEST_CRD.exists(), f"{MANIFEST_CRD.relative_to(ROOT)} is missing (run charts/update-crd.sh)")
+    require(CHART_CRD.read_bytes() == MANIFEST_CRD.read_bytes(),
+            "charts/scopegate/crds/ and manifests/crds/ differ: run charts/update-crd.sh and commit both")
+    binary = os.environ.get("SCOPEGATE_BIN")
+    if binary:
+        printed = subprocess.run([binary, "crd"], capture_output=True, check=True).stdout
+        require(printed == CHART_CRD.read_bytes(), f"`{binary} crd` differs from the committed CRD: run charts/update-crd.sh")
+
+
+def check_install_current() -> None:
+    require(INSTALL.exists() and INSTALL.read_text() == install_yaml(),
+            "manifests/install.yaml is not the chart rendered with defaults: run charts/render-install.sh and commit it")
+
+
+def crd_schema() -> dict[str, Any]:
+    crd = yaml.safe_load(CHART_CRD.read_text())
+    [version] = [v for v in crd["spec"]["versions"] if v["storage"]]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def check_example_policies() -> None:
+    """Examples against the CRD's own schema (types, required fields, enums,
+    unknown fields); scopegate validate then compiles them."""
+    schema = copy.deepcopy(crd_schema())
+
+    def close(node: Any) -> None:  # structural schemas prune unknown fields; be strict here
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node:
+                node["additionalProperties"] = False
+            for value in node.values():
+                close(value)
+        elif isinstance(node, list):
+            for value in node:
+                close(value)
+
+    close(schema["properties"]["spec"])
+    examples = sorted((ROOT / "manifests/examples").glob("*.yaml"))
+    require(examples, "no examples")
+    for path in examples:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "TokenPolicy":
+                body = {k: v for k, v in doc.items() if k in ("spec",)}
+                errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(body), key=str)
+                require(not errors, f"{path.name}: {[f'{list(e.path)}: {e.message}' for e in errors]}")
+    binary = os.environ.get("SCOPEGATE_BIN")
+    if binary:
+        result = subprocess.run([binary, "validate", *map(str, examples)], capture_output=True, text=True)
+        require(result.returncode == 0, f"scopegate validate: {result.stdout}{result.stderr}")
+
+
+# === runner ==================================================================
+
+class Runner:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Failure as e:
+            self.failed += 1
+            print(f"FAIL {name}: {e}")
+        except Exception:  # noqa: BLE001 - a crash is a failure with its traceback
+            self.failed += 1
+            print(f"FAIL {name}: {traceback.format_exc()}")
+        else:
+            self.passed += 1
+            print(f"ok   {name}")
+
+
+def run_tests() -> int:
+    r = Runner()
+    r.check("CRD copies identical (charts/ and manifests/)", check_crd_copies)
+    r.check("yamllint chart and manifests files", check_yamllint_files)
+    for set_name, values in VALUE_SETS.items():
+        rendered: list[list[tuple[str, str]]] = []
+        r.check(f"[{set_name}] renders", lambda v=values: rendered.append(rendered_documents(render(v))))
+        if not rendered:
+            continue
+        docs = rendered[0]
+        objects = [yaml.safe_load(doc) for _, doc in docs]
+        r.check(f"[{set_name}] helm lint --strict", lambda v=values: check_lint(v))
+        for version in KUBE_VERSIONS:
+            r.check(f"[{set_name}] {len(objects)} objects valid for Kubernetes {version} (strict)",
+                    lambda o=objects, v=version: validate_with_kubernetes_schemas(o, v))
+        r.check(f"[{set_name}] yamllint rendered output",
+                lambda d=docs, s=set_name: yamllint_text("".join(f"---\n{doc}\n" for _, doc in d), s))
+        r.check(f"[{set_name}] restricted Pod Security", lambda o=objects: check_restricted_pod_security(o))
+        r.check(f"[{set_name}] Deployment/Service/PDB contract", lambda o=objects, v=values: check_deployment_contract(o, v))
+        r.check(f"[{set_name}] {SET_CHECKS[set_name].__doc__}",
+                lambda o=objects, s=set_name: SET_CHECKS[s](o))
+    r.check("NOTES.txt prints the Istio provider and AuthorizationPolicy", check_notes)
+    rejects = [
+        ({"replicaCount": 0}, "/replicaCount"),
+        ({"replicas": 3}, "'replicas' not allowed"),
+        ({"watchNamespaces": "shop"}, "/watchNamespaces"),
+        ({"watchNamespaces": ["Shop_1"]}, "/watchNamespaces/0"),
+        ({"logFormat": "xml"}, "/logFormat"),
+        ({"runAsUser": 0}, "/runAsUser"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        ({"otel": {"protocol": "zipkin"}}, "/otel/protocol"),
+        ({"jwks": {"fetchTimeout": "five seconds"}}, "/jwks/fetchTimeout"),
+        ({"service": {"grpcPort": 70000}}, "/service/grpcPort"),
+        ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "must not exceed autoscaling.maxReplicas"),
+        ({"terminationGracePeriodSeconds": 5}, "must be at least preStopSleepSeconds + shutdownGraceSeconds"),
+        ({"podDisruptionBudget": {"minAvailable": 1}}, "set exactly one of maxUnavailable and minAvailable"),
+    ]
+    for values, expected in rejects:
+        r.check(f"rejects {json.dumps(values)}", lambda v=values, e=expected: check_schema_rejects(v, e))
+    r.check("manifests/install.yaml is current", check_install_current)
+    r.check("manifests/istio matches the chart's Service", check_istio_manifests)
+    r.check("examples are valid TokenPolicies (CRD schema"
+            + (", scopegate validate)" if os.environ.get("SCOPEGATE_BIN") else ")"), check_example_policies)
+    print(f"chart tests: {r.passed} passed, {r.failed} failed")
+    return 1 if r.failed else 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["render-install"]:
+        INSTALL.write_text(install_yaml())
+        print(f"wrote {INSTALL.relative_to(ROOT)}")
+        return 0
+    if len(argv) == 2 and argv[0] == "render":
+        out = Path(argv[1])
+        out.mkdir(parents=True, exist_ok=True)
+        for set_name, values in VALUE_SETS.items():
+            docs = rendered_documents(render(values))
+            (out / f"{set_name}.yaml").write_text("".join(f"---\n{doc}\n" for _, doc in docs))
+            print(out / f"{set_name}.yaml")
+        return 0
+    if argv == ["test"]:
+        return run_tests()
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
