@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Applies the rendered chart to a real kube-apiserver and proves its RBAC is
+# enough and no more, with a token of the chart's own ServiceAccount.
+#
+#   tests/kube/start.sh DIR && .ci/chart-apply.sh DIR; tests/kube/stop.sh DIR
+#   .ci/chart-apply.sh            # starts (and stops) its own control plane
+#
+# No kubelet or controller-manager runs, so no pod starts; the API server
+# still validates every object (schemas, defaulting, admission, RBAC):
+#   1. every value set of .ci/chart_tool.py (defaults, watchNamespaces,
+#      autoscaling, serviceMonitor, the rest) is applied with
+#      `kubectl apply --server-side`; a PodSecurity warning fails it;
+#   2. the Deployment's pod template is created as a Pod (server dry run) in
+#      the scopegate namespace, which enforces the "restricted" Pod Security
+#      Standard: the API server's PodSecurity admission must accept it;
+#   3. as system:serviceaccount:scopegate:scopegate: reading TokenPolicies and
+#      patching their status works, and everything else tried is Forbidden
+#      (create/delete/update TokenPolicies, Secrets, Leases elsewhere, and,
+#      with watchNamespaces, TokenPolicies outside the watched namespaces);
+#   4. manifests/install.yaml applies cleanly too.
+# Last line: "chart apply tests: N passed, M failed"; exit status non-zero on failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$PWD"
+
+# shellcheck source=.ci/chart-tools.sh
+source .ci/chart-tools.sh
+
+if [ $# -ge 1 ]; then
+  DIR="$(cd "$1" && pwd)"
+  [ -f "$DIR/kubeconfig" ] || { echo "$DIR/kubeconfig missing: run tests/kube/start.sh $DIR first" >&2; exit 2; }
+  own_plane=0
+else
+  DIR="$(mktemp -d "${TMPDIR:-/tmp}/scopegate-chart-apply.XXXXXX")"
+  own_plane=1
+fi
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/scopegate-chart-render.XXXXXX")"
+cleanup() {
+  rm -rf "$WORK"
+  if [ "$own_plane" = 1 ]; then tests/kube/stop.sh "$DIR"; fi
+}
+trap cleanup EXIT
+if [ "$own_plane" = 1 ]; then tests/kube/start.sh "$DIR" >/dev/null; fi
+
+KUBECTL="${KUBECTL:-}"
+if [ -z "$KUBECTL" ]; then
+  KUBECTL="$(ls -d "$ROOT"/.tools/kube/v*/kubectl 2>/dev/null | sort -V | tail -n1)"
+fi
+[ -x "$KUBECTL" ] || { echo "no kubectl: run tests/kube/build.sh (or set KUBECTL)" >&2; exit 2; }
+admin() { "$KUBECTL" --kubeconfig "$DIR/kubeconfig" "$@"; }
+
+passed=0; failed=0
+pass() { passed=$((passed + 1)); echo "ok   $*"; }
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+
+# apply NAME FILE: server-side apply as admin; fails on an error or on any
+# PodSecurity warning.
+apply() {
+  local name="$1" file="$2" out
+  if out="$(admin apply --server-side --force-conflicts --field-manager=chart-apply -f "$file" 2>&1)"; then
+    if grep -qi 'violate PodSecurity' <<<"$out"; then
+      fail "$name: PodSecurity warning: $out"
+    else
+      pass "$name applies server-side ($(grep -c . <<<"$out") objects)"
+    fi
+  else
+    fail "$name: kubectl apply: $out"
+  fi
+}
+
+# The restricted namespace, the namespaces of the watchNamespaces set, and
+# the kinds the chart expects to exist (its CRD; ServiceMonitor's stand-in).
+admin apply --server-side -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: scopegate
+  labels: {pod-security.kubernetes.io/enforce: restricted, pod-security.kubernetes.io/enforce-version: latest}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: payments}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: elsewhere}
+YAML
+apply "CRD (charts/scopegate/crds)" charts/scopegate/crds/tokenpolicies.scopegate.dev.yaml
+admin apply --server-side -f charts/testdata/servicemonitor-crd.yaml >/dev/null
+admin wait --for=condition=Established --timeout=60s \
+  crd/tokenpolicies.scopegate.dev crd/servicemonitors.monitoring.coreos.com >/dev/null
+
+# One TokenPolicy per namespace, to read and to patch the status of.
+for ns in shop payments elsewhere; do
+  sed -e "s/namespace: shop/namespace: $ns/" manifests/examples/auth0-tokenpolicy.yaml >"$WORK/policy-$ns.yaml"
+  apply "example TokenPolicy in $ns" "$WORK/policy-$ns.yaml"
+done
+
+"$CHART_PYTHON" .ci/chart_tool.py render "$WORK" >/dev/null
+
+# --- as the chart's ServiceAccount -------------------------------------------
+SA=system:serviceaccount:scopegate:scopegate
+API="$(admin config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
+sa_kubectl() {
+  "$KUBECTL" --server="$API" \
+    --certificate-authority="$DIR/pki/apiserver.crt" --token="$SA_TOKEN" "$@"
+}
+# expect allowed|forbidden DESCRIPTION KUBECTL-ARGS...|FUNCTION ARGS...: run a
+# real request as the ServiceAccount; "forbidden" must fail with Forbidden,
+# not another error.
+expect() {
+  local want="$1" what="$2" out rc; shift 2
+  if [[ "$1" != -* ]] && declare -F -- "$1" >/dev/null; then
+    out="$("$@" 2>&1)" && rc=0 || rc=$?
+  else
+    out="$(sa_kubectl "$@" 2>&1)" && rc=0 || rc=$?
+  fi
+  case "$want:$rc" in
+    allowed:0) pass "$what: allowed" ;;
+    forbidden:0) fail "$what: allowed, but must be forbidden" ;;
+    forbidden:*)
+      if grep -q 'Forbidden\|forbidden' <<<"$out"; then pass "$what: forbidden"
+      else fail "$what: failed, but not with Forbidden: $out"; fi ;;
+    *) fail "$what: must be allowed: $out" ;;
+  esac
+}
+# http_expect allowed|forbidden DESCRIPTION METHOD PATH [JSON-MERGE-PATCH]: one
+# raw API request with the ServiceAccount's token, for verbs kubectl cannot
+# send alone (its `patch --subresource=status` GETs the status first;
+# scopegate's client PATCHes without a GET).
+http_expect() {
+  local want="$1" what="$2" method="$3" path="$4" body="${5:-}" code
+  code="$(curl -sS -o "$WORK/http.out" -w '%{http_code}' -X "$method" \
+    --cacert "$DIR/pki/apiserver.crt" -H "Authorization: Bearer $SA_TOKEN" \
+    -H 'Content-Type: application/merge-patch+json' ${body:+--data "$body"} "$API$path")"
+  case "$want:$code" in
+    allowed:2??) pass "$what: allowed" ;;
+    forbidden:403) pass "$what: forbidden" ;;
+    *) fail "$what: HTTP $code, want $want: $(head -c 300 "$WORK/http.out")" ;;
+  esac
+}
+status_patch='{"status":{"observedGeneration":1}}'
+tp_path() { echo "/apis/scopegate.dev/v1alpha1/namespaces/$1/tokenpolicies/orders-api${2:-}"; }
+# update_lease NS: GET the Lease, then PUT it back changed (verbs get + update).
+update_lease() {
+  sa_kubectl -n "$1" get lease scopegate-leader -o json \
+    | sed 's/"holderIdentity": *"[^"]*"/"holderIdentity": "chart-apply-2"/' \
+    | sa_kubectl replace -f -
+}
+# update_status NS: GET the TokenPolicy, PUT it to the status subresource.
+update_status() {
+  sa_kubectl -n "$1" get tokenpolicy orders-api -o json | sa_kubectl replace --subresource=status -f -
+}
+lease() {
+  printf 'apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: %s, namespace: %s}\nspec: {holderIdentity: chart-apply}\n' "$1" "$2"
+}
+
+# --- defaults: cluster-wide --------------------------------------------------
+apply "[defaults]" "$WORK/defaults.yaml"
+pod_from_template() {  # the Deployment's pod template as a Pod
+  admin -n scopegate get deployment scopegate -o json | "$CHART_PYTHON" -c '
+import json, sys
+d = json.load(sys.stdin)
+t = d["spec"]["template"]
+print(json.dumps({"apiVersion": "v1", "kind": "Pod",
+  "metadata": {"name": "scopegate-pss-probe", "namespace": "scopegate", "labels": t["metadata"]["labels"]},
+  "spec": t["spec"]}))'
+}
+if out="$(pod_from_template | admin create --dry-run=server -f - 2>&1)"; then
+  pass "[defaults] pod template admitted under enforced restricted Pod Security"
+else
+  fail "[defaults] pod template rejected: $out"
+fi
+# The same check must be able to fail: a root, privileged variant is rejected.
+if out="$(pod_from_template | "$CHART_PYTHON" -c '
+import json, sys
+p = json.load(sys.stdin)
+p["spec"]["containers"][0]["securityContext"] = {"privileged": True, "runAsUser": 0}
+print(json.dumps(p))' | admin create --dry-run=server -f - 2>&1)"; then
+  fail "[defaults] a privileged pod was admitted: the restricted namespace does not enforce"
+else
+  grep -q 'violates PodSecurity' <<<"$out" && pass "[defaults] a privileged pod is rejected (enforcement is on)" \
+    || fail "[defaults] privileged pod rejected for another reason: $out"
+fi
+
+SA_TOKEN="$(admin -n scopegate create token scopegate --duration=1h)"
+expect allowed   "[defaults] list TokenPolicies in all namespaces"   get tokenpolicies.scopegate.dev -A
+expect allowed   "[defaults] watch TokenPolicies"                    get tokenpolicies.scopegate.dev -A --watch-only --request-timeout=2s
+expect allowed   "[defaults] get a TokenPolicy"                      -n elsewhere get tokenpolicy orders-api
+http_expect allowed "[defaults] PATCH a TokenPolicy's status"    PATCH "$(tp_path shop /status)" "$status_patch"
+expect allowed   "[defaults] PUT a TokenPolicy's status"             update_status shop
+http_expect forbidden "[defaults] PATCH a TokenPolicy's spec"    PATCH "$(tp_path shop)" '{"spec":{"mode":"audit"}}'
+expect forbidden "[defaults] create a TokenPolicy"                   -n shop create -f "$WORK/policy-shop.yaml" --dry-run=server
+expect forbidden "[defaults] delete a TokenPolicy"                   -n shop delete tokenpolicy orders-api --dry-run=server
+expect forbidden "[defaults] list Secrets"                           -n scopegate get secrets
+expect forbidden "[defaults] list Pods"                              -n scopegate get pods
+expect allowed   "[defaults] create a Lease in its namespace"        create -f <(lease scopegate-leader scopegate)
+expect allowed   "[defaults] get and update that Lease"              update_lease scopegate
+http_expect forbidden "[defaults] PATCH that Lease"                PATCH /apis/coordination.k8s.io/v1/namespaces/scopegate/leases/scopegate-leader '{"spec":{"holderIdentity":"x"}}'
+expect forbidden "[defaults] delete that Lease"                      -n scopegate delete lease scopegate-leader --dry-run=server
+expect forbidden "[defaults] create a Lease in another namespace"    create -f <(lease scopegate-leader shop)
+
+# --- watchNamespaces: shop and payments only ---------------------------------
+admin delete --ignore-not-found -f "$WORK/defaults.yaml" --wait=false >/dev/null
+apply "[watch-namespaces]" "$WORK/watch-namespaces.yaml"
+SA_TOKEN="$(admin -n scopegate create token scopegate --duration=1h)"
+expect allowed   "[watch-namespaces] list TokenPolicies in shop"      -n shop get tokenpolicies.scopegate.dev
+expect allowed   "[watch-namespaces] watch TokenPolicies in payments" -n payments get tokenpolicies.scopegate.dev --watch-only --request-timeout=2s
+http_expect allowed "[watch-namespaces] PATCH status in payments" PATCH "$(tp_path payments /status)" "$status_patch"
+expect forbidden "[watch-namespaces] list TokenPolicies cluster-wide" get tokenpolicies.scopegate.dev -A
+expect forbidden "[watch-namespaces] list TokenPolicies in elsewhere" -n elsewhere get tokenpolicies.scopegate.dev
+http_expect forbidden "[watch-namespaces] PATCH status in elsewhere" PATCH "$(tp_path elsewhere /status)" "$status_patch"
+expect allowed   "[watch-namespaces] get and update its Lease"        update_lease scopegate
+admin delete --ignore-not-found -f "$WORK/watch-namespaces.yaml" --wait=false >/dev/null
+
+# --- the other value sets, and install.yaml -----------------------------------
+for set in autoscaling service-monitor everything-else; do
+  apply "[$set]" "$WORK/$set.yaml"
+done
+apply "manifests/install.yaml" manifests/install.yaml
+
+echo "chart apply tests: $passed passed, $failed failed"
+[ "$failed" = 0 ]
