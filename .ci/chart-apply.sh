@@ -17,7 +17,10 @@
 #      patching their status works, and everything else tried is Forbidden
 #      (create/delete/update TokenPolicies, Secrets, Leases elsewhere, and,
 #      with watchNamespaces, TokenPolicies outside the watched namespaces);
-#   4. manifests/install.yaml applies cleanly too.
+#   4. with SCOPEGATE_BIN set, `scopegate serve --kubernetes` runs outside the
+#      cluster with that token, becomes ready and writes TokenPolicy status
+#      without a Forbidden error (skipped while the build has no Kubernetes mode);
+#   5. manifests/install.yaml applies cleanly too.
 # Last line: "chart apply tests: N passed, M failed"; exit status non-zero on failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -203,6 +206,60 @@ expect allowed   "[defaults] get and update that Lease"              update_leas
 http_expect forbidden "[defaults] PATCH that Lease"                PATCH /apis/coordination.k8s.io/v1/namespaces/scopegate/leases/scopegate-leader '{"spec":{"holderIdentity":"x"}}'
 expect forbidden "[defaults] delete that Lease"                      -n scopegate delete lease scopegate-leader --dry-run=server
 expect forbidden "[defaults] create a Lease in another namespace"    create -f <(lease scopegate-leader shop)
+
+# scopegate itself, outside the cluster, with the ServiceAccount's token: its
+# watcher and status writer must work with exactly these permissions. Needs
+# SCOPEGATE_BIN; skipped when that build has no Kubernetes mode yet.
+run_scopegate_as_service_account() {
+  local bin="${SCOPEGATE_BIN:-}"
+  if [ -z "$bin" ]; then echo "skip scopegate --kubernetes as the ServiceAccount (set SCOPEGATE_BIN)"; return; fi
+  cat >"$WORK/sa-kubeconfig" <<KCFG
+apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: "$API", certificate-authority: "$DIR/pki/apiserver.crt"}}]
+users: [{name: scopegate, user: {token: "$SA_TOKEN"}}]
+contexts: [{name: test, context: {cluster: test, user: scopegate, namespace: scopegate}}]
+current-context: test
+KCFG
+  local admin_port pid ready=0
+  admin_port="$("$CHART_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  KUBECONFIG="$WORK/sa-kubeconfig" POD_NAME=scopegate-chart-apply POD_NAMESPACE=scopegate \
+    timeout 300 "$bin" serve --kubernetes --listen 127.0.0.1:0 --admin-listen "127.0.0.1:$admin_port" \
+    >"$WORK/scopegate.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 600); do
+    if curl -fsS "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1; then ready=1; break; fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ "$ready" = 0 ] && grep -q 'not in this build' "$WORK/scopegate.log"; then
+    echo "skip scopegate --kubernetes as the ServiceAccount ($bin has no Kubernetes mode yet)"
+    wait "$pid" 2>/dev/null || true
+    return
+  fi
+  if [ "$ready" = 1 ]; then
+    pass "[defaults] scopegate --kubernetes as the ServiceAccount becomes ready"
+  else
+    fail "[defaults] scopegate --kubernetes as the ServiceAccount never became ready: $(tail -n 20 "$WORK/scopegate.log")"
+  fi
+  local cond=""
+  for _ in $(seq 1 600); do
+    cond="$(admin -n shop get tokenpolicy orders-api -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}')"
+    [ -n "$cond" ] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -n "$cond" ]; then pass "[defaults] scopegate wrote TokenPolicy status (Ready reason $cond)"
+  else fail "[defaults] scopegate wrote no TokenPolicy status: $(tail -n 20 "$WORK/scopegate.log")"; fi
+  if grep -qi 'forbidden' "$WORK/scopegate.log"; then
+    fail "[defaults] scopegate hit a Forbidden error: $(grep -i -m3 forbidden "$WORK/scopegate.log")"
+  else
+    pass "[defaults] scopegate needed no permission it lacks (no Forbidden in its log)"
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+run_scopegate_as_service_account
 
 # --- watchNamespaces: shop and payments only ---------------------------------
 admin delete --ignore-not-found -f "$WORK/defaults.yaml" --wait=false >/dev/null
