@@ -25,6 +25,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
+# The release namespace of the rendered chart (.ci/chart_tool.py NAMESPACE).
+NS=scopegate-system
 
 # shellcheck source=.ci/chart-tools.sh
 source .ci/chart-tools.sh
@@ -77,7 +79,7 @@ admin apply --server-side -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Namespace
 metadata:
-  name: scopegate
+  name: scopegate-system
   labels: {pod-security.kubernetes.io/enforce: restricted, pod-security.kubernetes.io/enforce-version: latest}
 ---
 apiVersion: v1
@@ -106,7 +108,7 @@ done
 "$CHART_PYTHON" .ci/chart_tool.py render "$WORK" >/dev/null
 
 # --- as the chart's ServiceAccount -------------------------------------------
-SA=system:serviceaccount:scopegate:scopegate
+SA="system:serviceaccount:$NS:scopegate"
 API="$(admin config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
 sa_kubectl() {
   "$KUBECTL" --server="$API" \
@@ -131,22 +133,25 @@ expect() {
     *) fail "$what: must be allowed: $out" ;;
   esac
 }
-# http_expect allowed|forbidden DESCRIPTION METHOD PATH [JSON-MERGE-PATCH]: one
+# http_expect allowed|forbidden DESCRIPTION METHOD PATH [PATCH]: one
 # raw API request with the ServiceAccount's token, for verbs kubectl cannot
 # send alone (its `patch --subresource=status` GETs the status first;
-# scopegate's client PATCHes without a GET).
+# scopegate's status writer sends a server-side apply PATCH without a GET).
+# A .../status path gets an apply patch, any other a JSON merge patch.
 http_expect() {
-  local want="$1" what="$2" method="$3" path="$4" body="${5:-}" code
+  local want="$1" what="$2" method="$3" path="$4" body="${5:-}" code content_type=application/merge-patch+json
+  case "$path" in */status) content_type=application/apply-patch+yaml; path="$path?fieldManager=scopegate&force=true" ;; esac
   code="$(curl -sS -o "$WORK/http.out" -w '%{http_code}' -X "$method" \
     --cacert "$DIR/pki/apiserver.crt" -H "Authorization: Bearer $SA_TOKEN" \
-    -H 'Content-Type: application/merge-patch+json' ${body:+--data "$body"} "$API$path")"
+    -H "Content-Type: $content_type" ${body:+--data "$body"} "$API$path")"
   case "$want:$code" in
     allowed:2??) pass "$what: allowed" ;;
     forbidden:403) pass "$what: forbidden" ;;
     *) fail "$what: HTTP $code, want $want: $(head -c 300 "$WORK/http.out")" ;;
   esac
 }
-status_patch='{"status":{"observedGeneration":1}}'
+# A server-side apply of the status, as scopegate's status writer sends it.
+status_patch='{"apiVersion":"scopegate.dev/v1alpha1","kind":"TokenPolicy","status":{"observedGeneration":1}}'
 tp_path() { echo "/apis/scopegate.dev/v1alpha1/namespaces/$1/tokenpolicies/orders-api${2:-}"; }
 # update_lease NS: GET the Lease, then PUT it back changed (verbs get + update).
 update_lease() {
@@ -165,13 +170,13 @@ lease() {
 # --- defaults: cluster-wide --------------------------------------------------
 apply "[defaults]" "$WORK/defaults.yaml"
 pod_from_template() {  # the Deployment's pod template as a Pod
-  admin -n scopegate get deployment scopegate -o json | "$CHART_PYTHON" -c '
+  admin -n "$NS" get deployment scopegate -o json | "$CHART_PYTHON" -c '
 import json, sys
 d = json.load(sys.stdin)
 t = d["spec"]["template"]
 print(json.dumps({"apiVersion": "v1", "kind": "Pod",
-  "metadata": {"name": "scopegate-pss-probe", "namespace": "scopegate", "labels": t["metadata"]["labels"]},
-  "spec": t["spec"]}))'
+  "metadata": {"name": "scopegate-pss-probe", "namespace": sys.argv[1], "labels": t["metadata"]["labels"]},
+  "spec": t["spec"]}))' "$NS"
 }
 if out="$(pod_from_template | admin create --dry-run=server -f - 2>&1)"; then
   pass "[defaults] pod template admitted under enforced restricted Pod Security"
@@ -190,21 +195,21 @@ else
     || fail "[defaults] privileged pod rejected for another reason: $out"
 fi
 
-SA_TOKEN="$(admin -n scopegate create token scopegate --duration=1h)"
+SA_TOKEN="$(admin -n "$NS" create token scopegate --duration=1h)"
 expect allowed   "[defaults] list TokenPolicies in all namespaces"   get tokenpolicies.scopegate.dev -A
 expect allowed   "[defaults] watch TokenPolicies"                    get tokenpolicies.scopegate.dev -A --watch-only --request-timeout=2s
 expect allowed   "[defaults] get a TokenPolicy"                      -n elsewhere get tokenpolicy orders-api
 http_expect allowed "[defaults] PATCH a TokenPolicy's status"    PATCH "$(tp_path shop /status)" "$status_patch"
-expect allowed   "[defaults] PUT a TokenPolicy's status"             update_status shop
+expect forbidden "[defaults] PUT a TokenPolicy's status"             update_status shop
 http_expect forbidden "[defaults] PATCH a TokenPolicy's spec"    PATCH "$(tp_path shop)" '{"spec":{"mode":"audit"}}'
 expect forbidden "[defaults] create a TokenPolicy"                   -n shop create -f "$WORK/policy-shop.yaml" --dry-run=server
 expect forbidden "[defaults] delete a TokenPolicy"                   -n shop delete tokenpolicy orders-api --dry-run=server
-expect forbidden "[defaults] list Secrets"                           -n scopegate get secrets
-expect forbidden "[defaults] list Pods"                              -n scopegate get pods
-expect allowed   "[defaults] create a Lease in its namespace"        create -f <(lease scopegate-leader scopegate)
-expect allowed   "[defaults] get and update that Lease"              update_lease scopegate
-http_expect forbidden "[defaults] PATCH that Lease"                PATCH /apis/coordination.k8s.io/v1/namespaces/scopegate/leases/scopegate-leader '{"spec":{"holderIdentity":"x"}}'
-expect forbidden "[defaults] delete that Lease"                      -n scopegate delete lease scopegate-leader --dry-run=server
+expect forbidden "[defaults] list Secrets"                           -n "$NS" get secrets
+expect forbidden "[defaults] list Pods"                              -n "$NS" get pods
+expect allowed   "[defaults] create a Lease in its namespace"        create -f <(lease scopegate-leader "$NS")
+expect allowed   "[defaults] get and update that Lease"              update_lease "$NS"
+http_expect forbidden "[defaults] PATCH that Lease"                PATCH /apis/coordination.k8s.io/v1/namespaces/$NS/leases/scopegate-leader '{"spec":{"holderIdentity":"x"}}'
+expect forbidden "[defaults] delete that Lease"                      -n "$NS" delete lease scopegate-leader --dry-run=server
 expect forbidden "[defaults] create a Lease in another namespace"    create -f <(lease scopegate-leader shop)
 
 # scopegate itself, outside the cluster, with the ServiceAccount's token: its
@@ -218,12 +223,12 @@ apiVersion: v1
 kind: Config
 clusters: [{name: test, cluster: {server: "$API", certificate-authority: "$DIR/pki/apiserver.crt"}}]
 users: [{name: scopegate, user: {token: "$SA_TOKEN"}}]
-contexts: [{name: test, context: {cluster: test, user: scopegate, namespace: scopegate}}]
+contexts: [{name: test, context: {cluster: test, user: scopegate, namespace: $NS}}]
 current-context: test
 KCFG
   local admin_port pid ready=0
   admin_port="$("$CHART_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-  KUBECONFIG="$WORK/sa-kubeconfig" POD_NAME=scopegate-chart-apply POD_NAMESPACE=scopegate \
+  KUBECONFIG="$WORK/sa-kubeconfig" POD_NAME=scopegate-chart-apply POD_NAMESPACE="$NS" \
     timeout 300 "$bin" serve --kubernetes --listen 127.0.0.1:0 --admin-listen "127.0.0.1:$admin_port" \
     >"$WORK/scopegate.log" 2>&1 &
   pid=$!
@@ -264,14 +269,14 @@ run_scopegate_as_service_account
 # --- watchNamespaces: shop and payments only ---------------------------------
 admin delete --ignore-not-found -f "$WORK/defaults.yaml" --wait=false >/dev/null
 apply "[watch-namespaces]" "$WORK/watch-namespaces.yaml"
-SA_TOKEN="$(admin -n scopegate create token scopegate --duration=1h)"
+SA_TOKEN="$(admin -n "$NS" create token scopegate --duration=1h)"
 expect allowed   "[watch-namespaces] list TokenPolicies in shop"      -n shop get tokenpolicies.scopegate.dev
 expect allowed   "[watch-namespaces] watch TokenPolicies in payments" -n payments get tokenpolicies.scopegate.dev --watch-only --request-timeout=2s
 http_expect allowed "[watch-namespaces] PATCH status in payments" PATCH "$(tp_path payments /status)" "$status_patch"
 expect forbidden "[watch-namespaces] list TokenPolicies cluster-wide" get tokenpolicies.scopegate.dev -A
 expect forbidden "[watch-namespaces] list TokenPolicies in elsewhere" -n elsewhere get tokenpolicies.scopegate.dev
 http_expect forbidden "[watch-namespaces] PATCH status in elsewhere" PATCH "$(tp_path elsewhere /status)" "$status_patch"
-expect allowed   "[watch-namespaces] get and update its Lease"        update_lease scopegate
+expect allowed   "[watch-namespaces] get and update its Lease"        update_lease "$NS"
 admin delete --ignore-not-found -f "$WORK/watch-namespaces.yaml" --wait=false >/dev/null
 
 # --- the other value sets, and install.yaml -----------------------------------

@@ -64,7 +64,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["get", "list", "watch"]
 - apiGroups: ["scopegate.dev"]
   resources: ["tokenpolicies/status"]
-  verbs: ["patch", "update"]
+  verbs: ["patch"]
 {{- end }}
 
 {{/* Fails the render on value combinations the schema cannot express. */}}
