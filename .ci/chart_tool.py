@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import textwrap
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -512,6 +513,53 @@ def check_example_policies() -> None:
         require(result.returncode == 0, f"scopegate validate: {result.stdout}{result.stderr}")
 
 
+def docs_yaml_blocks() -> list[tuple[str, str]]:
+    """(file name, text) of every ```yaml block in docs/."""
+    return [(path.name, textwrap.dedent(block)) for path in sorted((ROOT / "docs").glob("*.md"))
+            for _, block in re.findall(r"^([ \t]*)```yaml\n(.*?)^\1```", path.read_text(), flags=re.MULTILINE | re.DOTALL)]
+
+
+def check_docs_yaml() -> None:
+    """Every YAML snippet in docs/ parses; the policy reference's first
+    example is the committed example object."""
+    blocks = docs_yaml_blocks()
+    fences = sum(p.read_text().count("```yaml\n") for p in (ROOT / "docs").glob("*.md"))
+    require(blocks and len(blocks) == fences, f"{fences} yaml fences in docs/, {len(blocks)} blocks read")
+    for name, block in blocks:
+        try:
+            list(yaml.safe_load_all(block))
+        except yaml.YAMLError as e:
+            raise Failure(f"{name}: a yaml block does not parse: {e}") from None
+    policies = [yaml.safe_load(b) for n, b in blocks if n == "policies.md" and "kind: TokenPolicy" in b]
+    example = yaml.safe_load((ROOT / "manifests/examples/auth0-tokenpolicy.yaml").read_text())
+    require(policies and policies[0] == example, "docs/policies.md's first example differs from manifests/examples/auth0-tokenpolicy.yaml")
+
+
+def check_docs_envoy_snippet() -> None:
+    """The Envoy snippet of docs/install.md, in a minimal bootstrap, passes
+    `envoy --mode validate` (real Envoy)."""
+    envoy = os.environ.get("SCOPEGATE_ENVOY") or str(Path(sys.executable).parent / "envoy")
+    [snippet] = [yaml.safe_load(b) for n, b in docs_yaml_blocks() if n == "install.md" and "http_filters:" in b]
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "docs",
+        "route_config": {"virtual_hosts": [{"name": "app", "domains": ["*"],
+                                            "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+        "http_filters": snippet["http_filters"],
+    }
+    bootstrap = {"static_resources": {
+        "listeners": [{"name": "docs", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+                       "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                       "typed_config": hcm}]}]}],
+        "clusters": snippet["clusters"],
+    }}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(bootstrap, f)
+        f.flush()
+        result = subprocess.run([envoy, "--mode", "validate", "-c", f.name], capture_output=True, text=True)
+    require(result.returncode == 0, f"envoy --mode validate:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+
 def check_dockerfile() -> None:
     """hadolint, and the image agrees with the chart: ports, non-root UID."""
     hadolint = Path(sys.executable).parent / "hadolint"
@@ -587,6 +635,12 @@ def run_tests() -> int:
     for values, expected in rejects:
         r.check(f"rejects {json.dumps(values)}", lambda v=values, e=expected: check_schema_rejects(v, e))
     r.check("manifests/install.yaml is current", check_install_current)
+    r.check("docs/: YAML snippets parse, policy example is the committed one", check_docs_yaml)
+    envoy = os.environ.get("SCOPEGATE_ENVOY") or str(Path(sys.executable).parent / "envoy")
+    if os.access(envoy, os.X_OK):
+        r.check("docs/install.md Envoy snippet passes envoy --mode validate", check_docs_envoy_snippet)
+    else:
+        print(f"skip docs/install.md Envoy snippet (no Envoy at {envoy}; .ci/install-tools.sh installs it)")
     r.check("manifests/istio matches the chart's Service", check_istio_manifests)
     r.check("examples are valid TokenPolicies (CRD schema"
             + (", scopegate validate)" if os.environ.get("SCOPEGATE_BIN") else ")"), check_example_policies)
