@@ -628,6 +628,7 @@ def run_tests() -> int:
         ({"otel": {"protocol": "zipkin"}}, "/otel/protocol"),
         ({"jwks": {"fetchTimeout": "five seconds"}}, "/jwks/fetchTimeout"),
         ({"service": {"grpcPort": 70000}}, "/service/grpcPort"),
+        ({"istio": {"timeout": "500ms"}}, "/istio/timeout"),
         ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "must not exceed autoscaling.maxReplicas"),
         ({"terminationGracePeriodSeconds": 5}, "must be at least preStopSleepSeconds + shutdownGraceSeconds"),
         ({"podDisruptionBudget": {"maxUnavailable": "50"}}, "/podDisruptionBudget/maxUnavailable"),
