@@ -194,6 +194,15 @@ def validate_with_kubernetes_schemas(objects: list[dict[str, Any]], version: str
             raise Failure(f"{name}: no schema for {obj['apiVersion']} {obj['kind']} in Kubernetes {version}") from None
 
 
+def check_env_known_to_binary(objects: list[dict[str, Any]]) -> None:
+    """Every SCOPEGATE_* variable the chart sets is one `scopegate serve`
+    reads (src/cli.rs), so a renamed flag cannot be silently ignored."""
+    known = set(re.findall(r'env\s*=\s*"(SCOPEGATE_[A-Z0-9_]+)"', (ROOT / "src/cli.rs").read_text()))
+    require(known, "no SCOPEGATE_* env names found in src/cli.rs")
+    unknown = sorted(name for name in env_of(objects) if name.startswith("SCOPEGATE_") and name not in known)
+    require(not unknown, f"the chart sets variables scopegate does not read: {unknown}")
+
+
 def check_restricted_pod_security(objects: list[dict[str, Any]]) -> None:
     """The Pod Security Standard "restricted" profile, rule by rule
     (https://kubernetes.io/docs/concepts/security/pod-security-standards/)."""
@@ -238,6 +247,7 @@ def check_deployment_contract(objects: list[dict[str, Any]], values: dict[str, A
     require({p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": 9001, "admin": 9090}, "container ports")
     require("requests" in c["resources"] and "memory" in c["resources"].get("limits", {}), "resources")
     env = env_of(objects)
+    require(env["SCOPEGATE_LEADER_ELECTION_LEASE"] == "scopegate-status-writer", "one status-writer Lease per release")
     for var in ("POD_NAME", "POD_NAMESPACE"):
         require(isinstance(env.get(var), dict) and "fieldRef" in env[var], f"{var} must come from the downward API")
     selector = spec["selector"]["matchLabels"]
@@ -613,6 +623,7 @@ def run_tests() -> int:
         r.check(f"[{set_name}] yamllint rendered output",
                 lambda d=docs, s=set_name: yamllint_text("".join(f"---\n{doc}\n" for _, doc in d), s))
         r.check(f"[{set_name}] restricted Pod Security", lambda o=objects: check_restricted_pod_security(o))
+        r.check(f"[{set_name}] every SCOPEGATE_* variable is read by scopegate", lambda o=objects: check_env_known_to_binary(o))
         r.check(f"[{set_name}] Deployment/Service/PDB contract", lambda o=objects, v=values: check_deployment_contract(o, v))
         r.check(f"[{set_name}] {SET_CHECKS[set_name].__doc__}",
                 lambda o=objects, s=set_name: SET_CHECKS[s](o))
