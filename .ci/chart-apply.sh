@@ -2,8 +2,10 @@
 # Applies the rendered chart to a real kube-apiserver and proves its RBAC is
 # enough and no more, with a token of the chart's own ServiceAccount.
 #
-#   tests/kube/start.sh DIR && .ci/chart-apply.sh DIR; tests/kube/stop.sh DIR
 #   .ci/chart-apply.sh            # starts (and stops) its own control plane
+#   SCOPEGATE_BIN=target/debug/scopegate .ci/chart-apply.sh   # + runs scopegate (step 4)
+#   .ci/chart-apply.sh DIR        # uses a running tests/kube/start.sh DIR; it
+#                                 # leaves objects behind, so prefer a fresh one
 #
 # No kubelet or controller-manager runs, so no pod starts; the API server
 # still validates every object (schemas, defaulting, admission, RBAC):
@@ -11,15 +13,19 @@
 #      autoscaling, serviceMonitor, the rest) is applied with
 #      `kubectl apply --server-side`; a PodSecurity warning fails it;
 #   2. the Deployment's pod template is created as a Pod (server dry run) in
-#      the scopegate namespace, which enforces the "restricted" Pod Security
-#      Standard: the API server's PodSecurity admission must accept it;
-#   3. as system:serviceaccount:scopegate:scopegate: reading TokenPolicies and
-#      patching their status works, and everything else tried is Forbidden
-#      (create/delete/update TokenPolicies, Secrets, Leases elsewhere, and,
-#      with watchNamespaces, TokenPolicies outside the watched namespaces);
+#      the release namespace, which enforces the "restricted" Pod Security
+#      Standard: the API server's PodSecurity admission must accept it (and
+#      rejects a privileged variant, so the check can fail);
+#   3. as system:serviceaccount:scopegate-system:scopegate (a real token):
+#      reading TokenPolicies, patching their status (server-side apply) and
+#      get/create/update of a Lease in its namespace work; everything else
+#      tried is Forbidden (PUT status, spec changes, create/delete
+#      TokenPolicies, Secrets, Pods, Lease patch/delete or in other
+#      namespaces, and with watchNamespaces anything outside them);
 #   4. with SCOPEGATE_BIN set, `scopegate serve --kubernetes` runs outside the
-#      cluster with that token, becomes ready and writes TokenPolicy status
-#      without a Forbidden error (skipped while the build has no Kubernetes mode);
+#      cluster with that token (cluster-wide, then with --namespace for the
+#      watchNamespaces RBAC): it becomes ready, takes the status-writer Lease,
+#      writes a TokenPolicy's status and logs no Forbidden error;
 #   5. manifests/install.yaml applies cleanly too.
 # Last line: "chart apply tests: N passed, M failed"; exit status non-zero on failure.
 set -euo pipefail
@@ -101,7 +107,9 @@ admin wait --for=condition=Established --timeout=60s \
 
 # One TokenPolicy per namespace, to read and to patch the status of.
 for ns in shop payments elsewhere; do
-  sed -e "s/namespace: shop/namespace: $ns/" manifests/examples/auth0-tokenpolicy.yaml >"$WORK/policy-$ns.yaml"
+  # Own hosts per namespace, so that no policy loses its hosts to another.
+  sed -e "s/namespace: shop/namespace: $ns/" -e "s/orders\.example\.com\"/orders.$ns.example.com\"/" \
+    -e "s/orders\.shop\.svc/orders.$ns.svc/" manifests/examples/auth0-tokenpolicy.yaml >"$WORK/policy-$ns.yaml"
   apply "example TokenPolicy in $ns" "$WORK/policy-$ns.yaml"
 done
 
@@ -215,9 +223,11 @@ expect forbidden "[defaults] create a Lease in another namespace"    create -f <
 # scopegate itself, outside the cluster, with the ServiceAccount's token: its
 # watcher and status writer must work with exactly these permissions. Needs
 # SCOPEGATE_BIN; skipped when that build has no Kubernetes mode yet.
+# run_scopegate_as_service_account LABEL POLICY_NS [SERVE-ARGS...]: the
+# TokenPolicy orders-api in POLICY_NS must get a status from it.
 run_scopegate_as_service_account() {
-  local bin="${SCOPEGATE_BIN:-}"
-  if [ -z "$bin" ]; then echo "skip scopegate --kubernetes as the ServiceAccount (set SCOPEGATE_BIN)"; return; fi
+  local label="$1" policy_ns="$2" bin="${SCOPEGATE_BIN:-}"; shift 2
+  if [ -z "$bin" ]; then echo "skip $label scopegate --kubernetes as the ServiceAccount (set SCOPEGATE_BIN)"; return; fi
   cat >"$WORK/sa-kubeconfig" <<KCFG
 apiVersion: v1
 kind: Config
@@ -228,8 +238,8 @@ current-context: test
 KCFG
   local admin_port pid ready=0
   admin_port="$("$CHART_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-  KUBECONFIG="$WORK/sa-kubeconfig" POD_NAME=scopegate-chart-apply POD_NAMESPACE="$NS" \
-    timeout 300 "$bin" serve --kubernetes --listen 127.0.0.1:0 --admin-listen "127.0.0.1:$admin_port" \
+  KUBECONFIG="$WORK/sa-kubeconfig" POD_NAME="scopegate-for-$policy_ns" POD_NAMESPACE="$NS" \
+    timeout 300 "$bin" serve --kubernetes "$@" --listen 127.0.0.1:0 --admin-listen "127.0.0.1:$admin_port" \
     >"$WORK/scopegate.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 600); do
@@ -238,33 +248,39 @@ KCFG
     sleep 0.1
   done
   if [ "$ready" = 0 ] && grep -q 'not in this build' "$WORK/scopegate.log"; then
-    echo "skip scopegate --kubernetes as the ServiceAccount ($bin has no Kubernetes mode yet)"
+    echo "skip $label scopegate --kubernetes as the ServiceAccount ($bin has no Kubernetes mode yet)"
     wait "$pid" 2>/dev/null || true
     return
   fi
   if [ "$ready" = 1 ]; then
-    pass "[defaults] scopegate --kubernetes as the ServiceAccount becomes ready"
+    pass "$label scopegate --kubernetes${*:+ $*} as the ServiceAccount becomes ready"
   else
-    fail "[defaults] scopegate --kubernetes as the ServiceAccount never became ready: $(tail -n 20 "$WORK/scopegate.log")"
+    fail "$label scopegate --kubernetes${*:+ $*} as the ServiceAccount never became ready: $(tail -n 20 "$WORK/scopegate.log")"
   fi
   local cond=""
   for _ in $(seq 1 600); do
-    cond="$(admin -n shop get tokenpolicy orders-api -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}')"
+    cond="$(admin -n "$policy_ns" get tokenpolicy orders-api -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}')"
     [ -n "$cond" ] && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
-  if [ -n "$cond" ]; then pass "[defaults] scopegate wrote TokenPolicy status (Ready reason $cond)"
-  else fail "[defaults] scopegate wrote no TokenPolicy status: $(tail -n 20 "$WORK/scopegate.log")"; fi
+  if [ -n "$cond" ]; then pass "$label scopegate wrote $policy_ns/orders-api's status (Ready reason $cond)"
+  else fail "$label scopegate wrote no status for $policy_ns/orders-api: $(tail -n 20 "$WORK/scopegate.log")"; fi
+  local holder
+  holder="$(admin -n "$NS" get lease scopegate-status-writer -o jsonpath='{.spec.holderIdentity}' 2>&1)"
+  case "$holder" in
+    "scopegate-for-$policy_ns-"*) pass "$label scopegate holds the status-writer Lease" ;;
+    *) fail "$label the status-writer Lease is not held by scopegate: $holder" ;;
+  esac
   if grep -qi 'forbidden' "$WORK/scopegate.log"; then
-    fail "[defaults] scopegate hit a Forbidden error: $(grep -i -m3 forbidden "$WORK/scopegate.log")"
+    fail "$label scopegate hit a Forbidden error: $(grep -i -m3 forbidden "$WORK/scopegate.log")"
   else
-    pass "[defaults] scopegate needed no permission it lacks (no Forbidden in its log)"
+    pass "$label scopegate needed no permission it lacks (no Forbidden in its log)"
   fi
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
-run_scopegate_as_service_account
+run_scopegate_as_service_account "[defaults]" shop
 
 # --- watchNamespaces: shop and payments only ---------------------------------
 admin delete --ignore-not-found -f "$WORK/defaults.yaml" --wait=false >/dev/null
@@ -277,6 +293,10 @@ expect forbidden "[watch-namespaces] list TokenPolicies cluster-wide" get tokenp
 expect forbidden "[watch-namespaces] list TokenPolicies in elsewhere" -n elsewhere get tokenpolicies.scopegate.dev
 http_expect forbidden "[watch-namespaces] PATCH status in elsewhere" PATCH "$(tp_path elsewhere /status)" "$status_patch"
 expect allowed   "[watch-namespaces] get and update its Lease"        update_lease "$NS"
+# A fresh policy (no status yet) in a watched namespace, for scopegate to report on.
+admin -n payments delete tokenpolicy orders-api --wait=true >/dev/null
+admin apply --server-side -f "$WORK/policy-payments.yaml" >/dev/null
+run_scopegate_as_service_account "[watch-namespaces]" payments --namespace shop --namespace payments
 admin delete --ignore-not-found -f "$WORK/watch-namespaces.yaml" --wait=false >/dev/null
 
 # --- the other value sets, and install.yaml -----------------------------------
