@@ -55,7 +55,7 @@ if [ "$own_plane" = 1 ]; then tests/kube/start.sh "$DIR" >/dev/null; fi
 
 KUBECTL="${KUBECTL:-}"
 if [ -z "$KUBECTL" ]; then
-  KUBECTL="$(ls -d "$ROOT"/.tools/kube/v*/kubectl 2>/dev/null | sort -V | tail -n1)"
+  KUBECTL="$(printf '%s\n' "$ROOT"/.tools/kube/v*/kubectl | sort -V | tail -n1)"
 fi
 [ -x "$KUBECTL" ] || { echo "no kubectl: run tests/kube/build.sh (or set KUBECTL)" >&2; exit 2; }
 admin() { "$KUBECTL" --kubeconfig "$DIR/kubeconfig" "$@"; }
@@ -116,7 +116,6 @@ done
 "$CHART_PYTHON" .ci/chart_tool.py render "$WORK" >/dev/null
 
 # --- as the chart's ServiceAccount -------------------------------------------
-SA="system:serviceaccount:$NS:scopegate"
 API="$(admin config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
 sa_kubectl() {
   "$KUBECTL" --server="$API" \
@@ -199,8 +198,11 @@ p["spec"]["containers"][0]["securityContext"] = {"privileged": True, "runAsUser"
 print(json.dumps(p))' | admin create --dry-run=server -f - 2>&1)"; then
   fail "[defaults] a privileged pod was admitted: the restricted namespace does not enforce"
 else
-  grep -q 'violates PodSecurity' <<<"$out" && pass "[defaults] a privileged pod is rejected (enforcement is on)" \
-    || fail "[defaults] privileged pod rejected for another reason: $out"
+  if grep -q 'violates PodSecurity' <<<"$out"; then
+    pass "[defaults] a privileged pod is rejected (enforcement is on)"
+  else
+    fail "[defaults] privileged pod rejected for another reason: $out"
+  fi
 fi
 
 SA_TOKEN="$(admin -n "$NS" create token scopegate --duration=1h)"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the chart scripts: makes sure .tools/venv has the pinned Python
 # tools they use and sets CHART_PYTHON to its interpreter. Idempotent and fast
 # when they are already there.
