@@ -39,9 +39,9 @@ RBAC = ROOT / "manifests" / "rbac.yaml"
 INSTALL = ROOT / "manifests" / "install.yaml"
 RELEASE = "scopegate"
 NAMESPACE = "scopegate-system"
-# The oldest Kubernetes the chart supports is checked, and the newest the
-# installed kubernetes-validate knows.
-KUBE_VERSIONS = ["1.33.0", kv.latest_version()]
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion), 1.33,
+# and the newest the installed kubernetes-validate knows.
+KUBE_VERSIONS = ["1.30.0", "1.33.0", kv.latest_version()]
 
 # Value sets rendered and validated besides the defaults.
 VALUE_SETS: dict[str, dict[str, Any]] = {
