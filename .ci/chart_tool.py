@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -545,6 +546,44 @@ def check_docs_yaml() -> None:
     require(policies and policies[0] == example, "docs/policies.md's first example differs from manifests/examples/auth0-tokenpolicy.yaml")
 
 
+def docs_helm_commands() -> list[tuple[str, list[str]]]:
+    """(file, argv) of every `helm install|upgrade … charts/scopegate …`
+    command in the docs, the READMEs and tests/e2e/kind.sh, continuation lines joined."""
+    sources = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md", CHART / "README.md", ROOT / "tests/e2e/kind.sh"]
+    commands = []
+    for path in sources:
+        text = path.read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            if re.match(r"\s*helm (install|upgrade)\b", line) and "charts/scopegate" in line:
+                commands.append((path.name, shlex.split(line.split("#")[0])))
+    return commands
+
+
+def check_docs_helm_commands() -> None:
+    """Each documented `helm install/upgrade` command's --set values pass the
+    schema and render."""
+    commands = docs_helm_commands()
+    require(len(commands) >= 4, f"only {len(commands)} helm commands found in the docs")
+    for name, argv in commands:
+        values: dict[str, Any] = {}
+        for flag, arg in zip(argv, argv[1:]):
+            if flag == "--set":
+                values = merge(values, helm.parse_set_string(arg))
+            elif flag == "--set-json":
+                values = merge(values, helm.parse_set_json(arg))
+        try:
+            render(values)
+        except helm.HelmError as e:
+            raise Failure(f"{name}: {' '.join(argv)}: {e}") from None
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def check_docs_envoy_snippet() -> None:
     """The Envoy snippet of docs/install.md, in a minimal bootstrap, passes
     `envoy --mode validate` (real Envoy)."""
@@ -648,6 +687,7 @@ def run_tests() -> int:
         r.check(f"rejects {json.dumps(values)}", lambda v=values, e=expected: check_schema_rejects(v, e))
     r.check("manifests/install.yaml is current", check_install_current)
     r.check("docs/: YAML snippets parse, policy example is the committed one", check_docs_yaml)
+    r.check("docs/: every helm install/upgrade command's --set values render", check_docs_helm_commands)
     envoy = os.environ.get("SCOPEGATE_ENVOY") or str(Path(sys.executable).parent / "envoy")
     if os.access(envoy, os.X_OK):
         r.check("docs/install.md Envoy snippet passes envoy --mode validate", check_docs_envoy_snippet)
