@@ -32,6 +32,17 @@ cargo clippy --all-targets --locked -- -D warnings
 
 cargo test --locked 2>&1 | tee "$log"
 
-# One closing line over every test binary (unit, integration, doc tests).
+# The Helm chart: lint, render, schema and policy checks; then applied to a
+# real kube-apiserver of its own, with RBAC proven by its ServiceAccount.
+export SCOPEGATE_BIN="$PWD/target/debug/scopegate"
+.ci/chart-test.sh 2>&1 | tee -a "$log"
+.ci/chart-apply.sh 2>&1 | tee -a "$log"
+
+# A short fuzz smoke run of every target (the long runs are in docs/security.md).
+.ci/fuzz-smoke.sh 2>&1 | tee -a "$log"
+
+# One closing line over everything above (cargo's unit, integration and doc
+# tests, the chart tests, the fuzz smoke).
 awk '/^test result:/ { passed += $4; failed += $6 }
+     /^[a-z ]+tests: [0-9]+ passed, [0-9]+ failed$/ { n = split($0, w, " "); passed += w[n-3]; failed += w[n-1] }
      END { printf "all tests: %d passed, %d failed\n", passed, failed }' "$log"

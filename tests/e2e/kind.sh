@@ -31,7 +31,7 @@ else
   kubectl apply --server-side -f manifests/crds/
   kubectl apply --server-side -f manifests/rbac.yaml
   kubectl -n scopegate-system create deployment scopegate --image="$IMAGE" -- \
-    /scopegate serve --kubernetes
+    scopegate serve --kubernetes
   kubectl -n scopegate-system patch deployment scopegate --type=json -p \
     '[{"op":"add","path":"/spec/template/spec/serviceAccountName","value":"scopegate"},
       {"op":"add","path":"/spec/template/spec/containers/0/imagePullPolicy","value":"Never"}]'
