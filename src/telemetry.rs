@@ -22,6 +22,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::PeriodicReader;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::filter::{EnvFilter, FilterFn};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{Layer as _, Registry};
@@ -110,7 +111,26 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
             })?;
         crate::metrics::install(PeriodicReader::builder(exporter).build())?;
     }
-    let otel_layer = tracer_provider.as_ref().map(|provider| {
+    subscriber(format, tracer_provider.as_ref(), std::io::stderr).init();
+    tracing::info!(
+        traces = signals.traces,
+        metrics = signals.metrics,
+        "OpenTelemetry export"
+    );
+    Ok(Telemetry { tracer_provider })
+}
+
+/// The subscriber [`init`] installs: log lines (`RUST_LOG`, default
+/// `info`) to `log_writer`, and scopegate's spans to `tracer_provider`.
+pub fn subscriber<W>(
+    format: LogFormat,
+    tracer_provider: Option<&SdkTracerProvider>,
+    log_writer: W,
+) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let otel_layer = tracer_provider.map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("scopegate"))
             .with_tracked_inactivity(false)
@@ -122,20 +142,19 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
             }))
     });
     Registry::default()
-        .with(log_layer(format))
+        .with(log_layer(format, log_writer))
         .with(otel_layer)
-        .init();
-    tracing::info!(
-        traces = signals.traces,
-        metrics = signals.metrics,
-        "OpenTelemetry export"
-    );
-    Ok(Telemetry { tracer_provider })
 }
 
-fn log_layer(format: LogFormat) -> Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync> {
+fn log_layer<W>(
+    format: LogFormat,
+    writer: W,
+) -> Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt::layer().with_writer(writer);
     match format {
         LogFormat::Text => builder.with_filter(filter).boxed(),
         LogFormat::Json => builder
@@ -155,12 +174,18 @@ fn tracer_provider() -> Result<SdkTracerProvider, TelemetryError> {
             signal: "traces",
             source,
         })?;
-    let provider = SdkTracerProvider::builder()
-        .with_resource(resource())
-        .with_batch_exporter(exporter)
-        .build();
+    let provider = tracer_provider_with(exporter);
     opentelemetry::global::set_tracer_provider(provider.clone());
     Ok(provider)
+}
+
+/// A tracer provider batching spans to `exporter`, with scopegate's
+/// resource and the `OTEL_TRACES_SAMPLER`/`OTEL_BSP_*` settings.
+pub fn tracer_provider_with(exporter: opentelemetry_otlp::SpanExporter) -> SdkTracerProvider {
+    SdkTracerProvider::builder()
+        .with_resource(resource())
+        .with_batch_exporter(exporter)
+        .build()
 }
 
 /// The OpenTelemetry resource: `OTEL_RESOURCE_ATTRIBUTES` and

@@ -3,12 +3,16 @@
 //! text: every counter matches the sequence exactly, and every metric the
 //! issue names is there with bounded labels.
 //!
-//! One test in this binary: the metrics are process-wide.
+//! The metrics are process-wide: the known sequence runs once, and the
+//! tests read its one scrape.
 
 mod support;
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use promql_parser::parser::Expr;
+use promql_parser::util::{ExprVisitor, walk_expr};
 
 use prometheus_parse::{Sample, Scrape, Value};
 use scopegate::jwks::JwksSettings;
@@ -60,8 +64,22 @@ fn decisions(scrape: &Scrape, policy: &str, decision: &str, reason: &str) -> f64
     )
 }
 
-#[tokio::test]
-async fn metrics_count_a_known_sequence_of_checks_exactly() {
+/// The scrape after the known sequence, and what the assertions compare to.
+struct Observed {
+    scrape: Scrape,
+    token: String,
+    jwks_uri: String,
+    jwks_fetches: usize,
+    started: Duration,
+}
+
+static OBSERVED: tokio::sync::OnceCell<Observed> = tokio::sync::OnceCell::const_new();
+
+async fn observed() -> &'static Observed {
+    OBSERVED.get_or_init(run_known_sequence).await
+}
+
+async fn run_known_sequence() -> Observed {
     let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     let jwks = JwksServer::start(vec![KEY_A.jwk(), KEY_B.jwk()]).await;
     let enforced = policy_yaml("metered", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
@@ -77,7 +95,7 @@ async fn metrics_count_a_known_sequence_of_checks_exactly() {
     );
     // No background refresh during the test: the fetch count is exact.
     let settings = JwksSettings {
-        min_refetch_interval: std::time::Duration::from_secs(3600),
+        min_refetch_interval: Duration::from_secs(3600),
         ..JwksSettings::default()
     };
     let sg = Scopegate::start_with(&format!("{enforced}\n---\n{audited}"), settings).await;
@@ -114,26 +132,42 @@ async fn metrics_count_a_known_sequence_of_checks_exactly() {
             .unwrap()
             .starts_with("text/plain; version=0.0.4")
     );
-    let scrape = scrape_text(&response.text().await.unwrap());
+    Observed {
+        scrape: scrape_text(&response.text().await.unwrap()),
+        token,
+        jwks_uri: jwks.jwks_uri(),
+        jwks_fetches: jwks.fetches(),
+        started,
+    }
+}
 
+#[tokio::test]
+async fn metrics_count_a_known_sequence_of_checks_exactly() {
+    let Observed {
+        scrape,
+        token,
+        jwks_uri: uri,
+        jwks_fetches,
+        started,
+    } = observed().await;
     let metered = "test/metered";
-    assert_eq!(decisions(&scrape, metered, "allow", "valid_token"), 3.0);
-    assert_eq!(decisions(&scrape, metered, "allow", "anonymous"), 1.0);
-    assert_eq!(decisions(&scrape, metered, "deny", "missing_token"), 2.0);
+    assert_eq!(decisions(scrape, metered, "allow", "valid_token"), 3.0);
+    assert_eq!(decisions(scrape, metered, "allow", "anonymous"), 1.0);
+    assert_eq!(decisions(scrape, metered, "deny", "missing_token"), 2.0);
     assert_eq!(
-        decisions(&scrape, metered, "deny", "insufficient_scope"),
+        decisions(scrape, metered, "deny", "insufficient_scope"),
         1.0
     );
-    assert_eq!(decisions(&scrape, metered, "deny", "bad_signature"), 1.0);
-    assert_eq!(decisions(&scrape, "none", "deny", "unknown_host"), 1.0);
+    assert_eq!(decisions(scrape, metered, "deny", "bad_signature"), 1.0);
+    assert_eq!(decisions(scrape, "none", "deny", "unknown_host"), 1.0);
     assert_eq!(
-        decisions(&scrape, "test/audited", "would_deny", "insufficient_scope"),
+        decisions(scrape, "test/audited", "would_deny", "insufficient_scope"),
         1.0
     );
 
     // The duration histogram: one observation per Check, fine buckets.
     let histogram = sample(
-        &scrape,
+        scrape,
         "scopegate_check_duration_seconds",
         &[("policy", metered), ("decision", "deny")],
     );
@@ -147,27 +181,26 @@ async fn metrics_count_a_known_sequence_of_checks_exactly() {
     assert_eq!(buckets.last().unwrap().less_than, f64::INFINITY);
     assert_eq!(buckets.last().unwrap().count, 4.0);
     let count = value(
-        &scrape,
+        scrape,
         "scopegate_check_duration_seconds_count",
         &[("policy", metered), ("decision", "allow")],
     );
     assert_eq!(count, 4.0);
 
     // Keys: one fetch (at start), two keys, a recent success.
-    let uri = jwks.jwks_uri();
     let source = [("jwks_uri", uri.as_str())];
-    assert_eq!(jwks.fetches(), 1);
+    assert_eq!(*jwks_fetches, 1);
     assert_eq!(
         value(
-            &scrape,
+            scrape,
             "scopegate_jwks_fetches_total",
-            &[("jwks_uri", &uri), ("result", "success")]
+            &[("jwks_uri", uri), ("result", "success")]
         ),
         1.0
     );
-    assert_eq!(value(&scrape, "scopegate_jwks_keys", &source), 2.0);
+    assert_eq!(value(scrape, "scopegate_jwks_keys", &source), 2.0);
     let last_success = value(
-        &scrape,
+        scrape,
         "scopegate_jwks_last_success_timestamp_seconds",
         &source,
     );
@@ -178,22 +211,22 @@ async fn metrics_count_a_known_sequence_of_checks_exactly() {
     );
 
     assert_eq!(
-        value(&scrape, "scopegate_policies", &[("state", "accepted")]),
+        value(scrape, "scopegate_policies", &[("state", "accepted")]),
         2.0
     );
     assert_eq!(
-        value(&scrape, "scopegate_policies", &[("state", "invalid")]),
+        value(scrape, "scopegate_policies", &[("state", "invalid")]),
         0.0
     );
-    assert_eq!(value(&scrape, "scopegate_token_cache_hits_total", &[]), 2.0);
+    assert_eq!(value(scrape, "scopegate_token_cache_hits_total", &[]), 2.0);
     assert_eq!(
-        value(&scrape, "scopegate_token_cache_misses_total", &[]),
+        value(scrape, "scopegate_token_cache_misses_total", &[]),
         1.0
     );
     let version = [("version", env!("CARGO_PKG_VERSION"))];
-    assert_eq!(value(&scrape, "scopegate_build_info", &version), 1.0);
-    assert!(value(&scrape, "process_resident_memory_bytes", &[]) > 0.0);
-    assert!(value(&scrape, "process_open_fds", &[]) > 0.0);
+    assert_eq!(value(scrape, "scopegate_build_info", &version), 1.0);
+    assert!(value(scrape, "process_resident_memory_bytes", &[]) > 0.0);
+    assert!(value(scrape, "process_open_fds", &[]) > 0.0);
 
     // Bounded labels only: never a subject, a client, a path or a token.
     let allowed_labels = [
@@ -211,9 +244,85 @@ async fn metrics_count_a_known_sequence_of_checks_exactly() {
                 "{}: {label}",
                 s.metric
             );
-            assert!(!value.contains("auth0|user-1") && !value.contains(&token));
+            assert!(!value.contains("auth0|user-1") && !value.contains(token.as_str()));
             seen.entry(label).or_default().push(value);
         }
     }
     assert!(seen["reason"].iter().all(|r| !r.is_empty()));
+}
+
+/// Collects the metric names a PromQL expression selects.
+struct MetricNames(Vec<String>);
+
+impl ExprVisitor for MetricNames {
+    type Error = std::convert::Infallible;
+
+    fn pre_visit(&mut self, expr: &Expr) -> Result<bool, Self::Error> {
+        let selector = match expr {
+            Expr::VectorSelector(vs) => Some(vs),
+            Expr::MatrixSelector(ms) => Some(&ms.vs),
+            _ => None,
+        };
+        self.0.extend(selector.and_then(|vs| vs.name.clone()));
+        Ok(true)
+    }
+}
+
+/// The PromQL of docs/observability.md (```promql blocks and alert `expr:`
+/// lines) and of the Grafana dashboard, Grafana variables given values.
+fn documented_queries() -> Vec<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/observability.md")).unwrap();
+    let mut queries: Vec<String> = doc
+        .split("```promql\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap().to_string())
+        .collect();
+    queries.extend(
+        doc.lines()
+            .filter_map(|line| line.trim().strip_prefix("expr: "))
+            .map(str::to_string),
+    );
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("manifests/grafana/scopegate-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let targets = panels
+        .iter()
+        .filter_map(|p| p["targets"].as_array())
+        .flatten();
+    queries.extend(targets.map(|t| {
+        t["expr"]
+            .as_str()
+            .unwrap()
+            .replace("$__rate_interval", "5m")
+            .replace("$policy", ".*")
+            .replace("$job", ".*")
+    }));
+    queries
+}
+
+#[tokio::test]
+async fn documented_queries_parse_and_select_served_metrics() {
+    let Observed { scrape, .. } = observed().await;
+    let mut served: Vec<String> = Vec::new();
+    for sample in &scrape.samples {
+        served.push(sample.metric.clone());
+        if let Value::Histogram(_) = sample.value {
+            served.push(format!("{}_bucket", sample.metric));
+        }
+    }
+    let queries = documented_queries();
+    assert!(queries.len() >= 25, "found only {} queries", queries.len());
+    for query in &queries {
+        let expr = promql_parser::parser::parse(query)
+            .unwrap_or_else(|e| panic!("not PromQL: {query}: {e}"));
+        let mut names = MetricNames(Vec::new());
+        walk_expr(&mut names, &expr).unwrap();
+        assert!(!names.0.is_empty(), "{query} selects no metric");
+        for name in names.0 {
+            assert!(served.contains(&name), "{query}: {name} is not served");
+        }
+    }
 }
