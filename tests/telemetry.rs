@@ -184,29 +184,33 @@ fn span_strings(span: &Span) -> Vec<String> {
     out
 }
 
-#[tokio::test]
-async fn check_spans_join_the_callers_trace_and_are_exported_over_otlp_grpc() {
-    let (receiver, otlp_addr) = Receiver::start().await;
-    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+/// Runs `scopegate serve` (JSON logs to a file) on a "test/traced" policy
+/// with these extra variables. Nothing is exported on a timer during a
+/// test: only the shutdown flush can deliver spans and metrics.
+async fn start_scopegate(
+    jwks: &JwksServer,
+    env: &[(&str, &str)],
+) -> (
+    Server,
+    AuthorizationClient<tonic::transport::Channel>,
+    std::path::PathBuf,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
     let policy = policy_yaml("traced", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
     std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
     let (grpc, admin) = (free_port(), free_port());
     let log_path = dir.path().join("stderr.log");
-    let mut server = Server(
+    let server = Server(
         Command::new(SCOPEGATE)
             .args(["serve", "--log-format", "json", "--policies"])
             .arg(dir.path().join("policy.yaml"))
             .args(["--listen", &format!("127.0.0.1:{grpc}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_addr}"))
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .env("OTEL_SERVICE_NAME", "scopegate-under-test")
-            // Nothing is exported on a timer during the test: only the
-            // shutdown flush can deliver these.
             .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
             .env("OTEL_METRIC_EXPORT_INTERVAL", "600000")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
@@ -214,13 +218,32 @@ async fn check_spans_join_the_callers_trace_and_are_exported_over_otlp_grpc() {
     );
     let endpoint = format!("http://127.0.0.1:{grpc}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut client = loop {
+    let client = loop {
         if let Ok(client) = AuthorizationClient::connect(endpoint.clone()).await {
             break client;
         }
         assert!(Instant::now() < deadline, "scopegate did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    (server, client, log_path, dir)
+}
+
+#[tokio::test]
+async fn check_spans_join_the_callers_trace_and_are_exported_over_otlp_grpc() {
+    let (receiver, otlp_addr) = Receiver::start().await;
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let (mut server, mut client, log_path, _dir) = start_scopegate(
+        &jwks,
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &format!("http://{otlp_addr}"),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_SERVICE_NAME", "scopegate-under-test"),
+        ],
+    )
+    .await;
 
     let token = KEY_A.sign(&claims(&jwks.issuer()));
     let bearer = format!("Bearer {token}");
@@ -333,4 +356,74 @@ async fn check_spans_join_the_callers_trace_and_are_exported_over_otlp_grpc() {
     ] {
         assert_eq!(deny[key], value, "{key} in {deny}");
     }
+}
+
+/// An OTLP/HTTP receiver: keeps the spans POSTed to `/v1/traces`.
+async fn start_http_receiver() -> (Arc<Mutex<Vec<Span>>>, std::net::SocketAddr) {
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use prost::Message as _;
+
+    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let receive = |State(spans): State<Arc<Mutex<Vec<Span>>>>, body: Bytes| async move {
+        let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+        let received = request
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans);
+        spans.lock().unwrap().extend(received);
+        (
+            [("content-type", "application/x-protobuf")],
+            ExportTraceServiceResponse::default().encode_to_vec(),
+        )
+    };
+    let router = axum::Router::new()
+        .route("/v1/traces", axum::routing::post(receive))
+        .with_state(spans.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (spans, addr)
+}
+
+#[tokio::test]
+async fn check_spans_are_exported_over_otlp_http_protobuf_by_default() {
+    let (spans, otlp_addr) = start_http_receiver().await;
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let (mut server, mut client, _log, _dir) = start_scopegate(
+        &jwks,
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &format!("http://{otlp_addr}"),
+            ),
+            ("OTEL_METRICS_EXPORTER", "none"),
+        ],
+    )
+    .await;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("00-{trace}-b7ad6b7169203331-01");
+    let request = check_request(
+        HOST,
+        "GET",
+        "/orders",
+        &[("traceparent", &traceparent)],
+        HashMap::new(),
+    );
+    let checked = Checked(client.check(request).await.unwrap().into_inner());
+    assert_eq!(checked.http_status(), 401);
+    server.terminate().await;
+
+    let spans = spans.lock().unwrap();
+    let check = spans
+        .iter()
+        .find(|s| hex(&s.trace_id) == trace)
+        .unwrap_or_else(|| panic!("no span in trace {trace}: {spans:#?}"));
+    assert_eq!(check.name, "envoy.service.auth.v3.Authorization/Check");
+    assert_eq!(hex(&check.parent_span_id), "b7ad6b7169203331");
+    assert_eq!(
+        string_attribute(&check.attributes, "reason"),
+        Some("missing_token")
+    );
 }
