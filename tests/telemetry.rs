@@ -1,7 +1,8 @@
 //! OpenTelemetry export, end to end: the real `scopegate serve` binary,
 //! configured only by `OTEL_*` variables, exports over OTLP gRPC to a real
 //! OTLP receiver (opentelemetry-proto's tonic `TraceService` and
-//! `MetricsService`) on loopback. Checks carry a W3C `traceparent` or B3
+//! `MetricsService`) on loopback, and over OTLP/HTTP (protobuf, the default
+//! protocol) to an HTTP receiver. Checks carry a W3C `traceparent` or B3
 //! headers; the test asserts the Check spans join those traces with the
 //! decision's attributes and never carry the token, that the JSON decision
 //! log has one line per deny, and that SIGTERM flushes what was queued (the
