@@ -119,10 +119,6 @@ async fn run_known_sequence() -> Observed {
     assert_eq!(unknown.http_status(), 403);
     let audit = sg.check_host(AUDIT_HOST, "POST", "/orders", &auth).await;
     assert_eq!(audit.http_status(), 200);
-    // The verified-token cache's hook (the cache itself lives elsewhere).
-    scopegate::metrics::token_cache_hit();
-    scopegate::metrics::token_cache_hit();
-    scopegate::metrics::token_cache_miss();
 
     let response = reqwest::get(sg.admin_url("/metrics")).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -218,10 +214,13 @@ async fn metrics_count_a_known_sequence_of_checks_exactly() {
         value(scrape, "scopegate_policies", &[("state", "invalid")]),
         0.0
     );
-    assert_eq!(value(scrape, "scopegate_token_cache_hits_total", &[]), 2.0);
+    // The verified-token cache: the good token misses once, then hits on
+    // the two other GETs, the POST and the audited POST (same issuer
+    // settings); the forged token misses and is never cached.
+    assert_eq!(value(scrape, "scopegate_token_cache_hits_total", &[]), 4.0);
     assert_eq!(
         value(scrape, "scopegate_token_cache_misses_total", &[]),
-        1.0
+        2.0
     );
     let version = [("version", env!("CARGO_PKG_VERSION"))];
     assert_eq!(value(scrape, "scopegate_build_info", &version), 1.0);
