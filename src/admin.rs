@@ -1,7 +1,7 @@
 //! The admin HTTP server: `/healthz` (alive), `/readyz` (policies loaded,
-//! with per-policy and per-issuer detail) and `/metrics` (Prometheus text).
+//! with per-policy and per-issuer detail) and `/metrics` (Prometheus text of
+//! [`crate::metrics`]).
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -67,42 +67,12 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let snapshot = state.snapshot.load();
-    let mut out = String::new();
-    out.push_str(
-        "# HELP scopegate_build_info scopegate version.\n# TYPE scopegate_build_info gauge\n",
-    );
-    let _ = writeln!(
-        out,
-        "scopegate_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
-    );
-    out.push_str("# HELP scopegate_policies Policies by state.\n# TYPE scopegate_policies gauge\n");
-    for label in ["accepted", "invalid", "host_conflict"] {
-        let count = snapshot
-            .states()
-            .iter()
-            .filter(|(_, s)| state_label(s) == label)
-            .count();
-        let _ = writeln!(out, "scopegate_policies{{state=\"{label}\"}} {count}");
-    }
-    out.push_str("# HELP scopegate_jwks_keys Usable keys per JWKS source.\n# TYPE scopegate_jwks_keys gauge\n");
-    for jwks in state.registry.states() {
-        let _ = writeln!(
-            out,
-            "scopegate_jwks_keys{{jwks_uri=\"{}\"}} {}",
-            jwks.source.replace('\\', "\\\\").replace('"', "\\\""),
-            jwks.keys
-        );
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
-}
-
-fn state_label(state: &PolicyState) -> &'static str {
-    match state {
-        PolicyState::Accepted => "accepted",
-        PolicyState::Invalid(_) => "invalid",
-        PolicyState::HostConflict { .. } => "host_conflict",
-    }
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            crate::metrics::PROMETHEUS_CONTENT_TYPE,
+        )],
+        crate::metrics::prometheus_text(),
+    )
 }

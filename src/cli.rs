@@ -22,7 +22,7 @@ use crate::devissuer::{MintRequest, MintResponse};
 use crate::jwks::JwksSettings;
 use crate::k8s::{self, KubernetesConfig, LeaderSettings};
 use crate::policy::{TokenPolicy, files};
-use crate::telemetry::{LogFormat, init_logging};
+use crate::telemetry::{self, LogFormat};
 
 /// Bearer-token validation for Envoy/Istio ext_authz.
 #[derive(Debug, Parser)]
@@ -200,7 +200,7 @@ impl Command {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    init_logging(args.log_format);
+    let telemetry = telemetry::init(args.log_format)?;
     let policies = if args.kubernetes {
         PolicySource::Kubernetes(KubernetesConfig {
             namespaces: args.namespaces,
@@ -248,6 +248,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     crate::serve::shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await;
+    telemetry.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -23,6 +23,8 @@
 //!   `CheckResponse`.
 //! * [`k8s`] watches `TokenPolicy` objects, indexes them into the same
 //!   snapshot and writes their status back (on the elected leader).
+//! * [`metrics`] (one OpenTelemetry meter, read by `/metrics` and OTLP) and
+//!   [`telemetry`] (logs, the Check span's OTLP export) observe all of it.
 //! * [`admin`], [`devissuer`], [`serve`] and [`cli`] are the binary's edges.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
@@ -34,6 +36,7 @@ pub mod config;
 pub mod devissuer;
 pub mod jwks;
 pub mod k8s;
+pub mod metrics;
 pub mod policy;
 pub mod serve;
 pub mod telemetry;

@@ -27,8 +27,9 @@ pub struct HttpAttributes<'a> {
 pub enum Decision {
     /// Let the request through.
     Allow(Allowed),
-    /// Answer the client directly.
-    Deny(Denial),
+    /// Answer the client directly; with the verified token when only the
+    /// rule (scopes, client) failed, for the decision log.
+    Deny(Denial, Option<Arc<PreparedToken>>),
 }
 
 /// An allowed request.
@@ -162,7 +163,7 @@ pub async fn decide(
 ) -> Decision {
     match (enforce(served, cache, request).await, served.policy.mode) {
         (Ok(allowed), _) => Decision::Allow(allowed),
-        (Err((denial, _)), Mode::Enforce) => Decision::Deny(denial),
+        (Err((denial, token)), Mode::Enforce) => Decision::Deny(denial, token),
         (Err((denial, token)), Mode::Audit) => Decision::Allow(Allowed {
             token,
             rule: denial

@@ -8,22 +8,37 @@
 //! The Check path reads the current [`SnapshotHandle`] and never waits on a
 //! policy source; the only network I/O it may do is a JWKS refetch on an
 //! unknown `kid`.
+//!
+//! Every Check runs in a `check` span (exported only when OpenTelemetry is
+//! on, then joined to the caller's trace from the request's headers) and ends
+//! in one `Outcome` report: span attributes (`policy`, `rule`, `decision`,
+//! `reason`, `issuer`, `azp`), `scopegate_check_*` metrics and a decision log
+//! line (deny and audit would-deny at info, allow at debug).
 
 mod decision;
 pub mod response;
 pub mod token_cache;
+mod trace_context;
 
 use std::sync::Arc;
 
+use std::time::Instant;
+
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
 };
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use tracing::Instrument as _;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub use decision::{Allowed, Decision, Denial, HttpAttributes, decide, verify};
 pub use token_cache::{PreparedToken, TokenCache, TokenCacheSettings};
+pub use trace_context::extract_parent;
 
-use crate::policy::{SnapshotHandle, normalize_host};
+use crate::metrics::{self, DecisionLabel};
+use crate::policy::{ServedPolicy, SnapshotHandle, normalize_host};
 
 /// The ext_authz service: answers Checks from the current policy snapshot.
 #[derive(Clone)]
@@ -47,22 +62,40 @@ impl CheckService {
         AuthorizationServer::new(self)
     }
 
-    /// Decides one Check.
+    /// Decides one Check, in a span joined to the caller's trace, and reports
+    /// the decision to the metrics and the decision log.
     pub async fn check_request(&self, request: &CheckRequest) -> CheckResponse {
-        let Some(attributes) = request.attributes.as_ref() else {
-            return response::deny("", &Denial::malformed_request());
-        };
-        let Some(http) = attributes.request.as_ref().and_then(|r| r.http.as_ref()) else {
-            return response::deny("", &Denial::malformed_request());
+        let started = Instant::now();
+        let span = check_span(http_request(request));
+        self.answer(request, &span, started)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn answer(
+        &self,
+        request: &CheckRequest,
+        span: &tracing::Span,
+        started: Instant,
+    ) -> CheckResponse {
+        let Some((attributes, http)) = request
+            .attributes
+            .as_ref()
+            .and_then(|a| Some((a, a.request.as_ref()?.http.as_ref()?)))
+        else {
+            let denial = Denial::malformed_request();
+            Outcome::denied(None, None, &denial, None).report(span, started);
+            return response::deny("", &denial);
         };
         let raw_host = attributes
             .context_extensions
             .get("host")
             .unwrap_or(&http.host);
         let host = normalize_host(raw_host);
+        let request = Some((&*host, http));
         let Some(served) = self.snapshot.load().lookup(&host).cloned() else {
             let denial = Denial::unknown_host();
-            log_denial("-", &host, &http.method, &http.path, &denial);
+            Outcome::denied(None, request, &denial, None).report(span, started);
             return response::deny(&host, &denial);
         };
         let attributes = HttpAttributes {
@@ -73,31 +106,151 @@ impl CheckService {
         };
         match decide(&served, &self.token_cache, &attributes).await {
             Decision::Allow(allowed) => {
-                if let Some(denial) = &allowed.audited_denial {
-                    tracing::warn!(
-                        policy = %served.policy.id,
-                        rule = %allowed.rule,
-                        reason = denial.reason,
-                        host = %host,
-                        method = %http.method,
-                        path = %without_query(&http.path),
-                        "audit: would deny"
-                    );
-                } else {
-                    tracing::debug!(
-                        policy = %served.policy.id,
-                        rule = %allowed.rule,
-                        sub = allowed.token.as_ref().and_then(|t| t.subject()),
-                        azp = allowed.token.as_ref().and_then(|t| t.client_id()),
-                        "allow"
-                    );
-                }
-                response::allow(&served.policy, &allowed)
+                let response = response::allow(&served.policy, &allowed);
+                let outcome = match &allowed.audited_denial {
+                    Some(denial) => {
+                        let token = allowed.token.as_deref();
+                        let mut outcome = Outcome::denied(Some(&served), request, denial, token);
+                        outcome.decision = DecisionLabel::WouldDeny;
+                        outcome
+                    }
+                    None => Outcome::allowed(&served, request, &allowed),
+                };
+                outcome.report(span, started);
+                response
             }
-            Decision::Deny(denial) => {
-                log_denial(&served.policy.id, &host, &http.method, &http.path, &denial);
+            Decision::Deny(denial, token) => {
+                Outcome::denied(Some(&served), request, &denial, token.as_deref())
+                    .report(span, started);
                 response::deny(&host, &denial)
             }
+        }
+    }
+}
+
+fn http_request(request: &CheckRequest) -> Option<&HttpRequest> {
+    request.attributes.as_ref()?.request.as_ref()?.http.as_ref()
+}
+
+/// The span of one Check: disabled (and free) unless spans are exported;
+/// then a child of the caller's span when the request names one.
+fn check_span(http: Option<&HttpRequest>) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "check",
+        otel.name = "envoy.service.auth.v3.Authorization/Check",
+        otel.kind = "server",
+        rpc.system = "grpc",
+        policy = Empty,
+        rule = Empty,
+        decision = Empty,
+        reason = Empty,
+        issuer = Empty,
+        azp = Empty,
+    );
+    if !span.is_disabled()
+        && let Some(parent) = http.and_then(extract_parent)
+    {
+        // Fails only when no OpenTelemetry layer is installed.
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// What one Check decided, for its span, the metrics and the decision log.
+/// Holds labels and claims that are safe to export: never the token.
+struct Outcome<'a> {
+    served: Option<&'a ServedPolicy>,
+    /// The normalized host and the HTTP request.
+    request: Option<(&'a str, &'a HttpRequest)>,
+    decision: DecisionLabel,
+    reason: &'static str,
+    rule: &'a str,
+    status: u16,
+    token: Option<&'a PreparedToken>,
+}
+
+impl<'a> Outcome<'a> {
+    fn allowed(
+        served: &'a ServedPolicy,
+        request: Option<(&'a str, &'a HttpRequest)>,
+        allowed: &'a Allowed,
+    ) -> Self {
+        Outcome {
+            served: Some(served),
+            request,
+            decision: DecisionLabel::Allow,
+            reason: if allowed.token.is_some() {
+                "valid_token"
+            } else {
+                "anonymous"
+            },
+            rule: &allowed.rule,
+            status: 200,
+            token: allowed.token.as_deref(),
+        }
+    }
+
+    fn denied(
+        served: Option<&'a ServedPolicy>,
+        request: Option<(&'a str, &'a HttpRequest)>,
+        denial: &'a Denial,
+        token: Option<&'a PreparedToken>,
+    ) -> Self {
+        Outcome {
+            served,
+            request,
+            decision: DecisionLabel::Deny,
+            reason: denial.reason,
+            rule: denial.rule.as_deref().unwrap_or("-"),
+            status: denial.status,
+            token,
+        }
+    }
+
+    fn report(&self, span: &tracing::Span, started: Instant) {
+        let policy = self.served.map(|s| &s.policy);
+        metrics::check_decision(
+            policy.map(|p| &p.id),
+            self.decision,
+            self.reason,
+            started.elapsed(),
+        );
+        let azp = self.token.and_then(|t| t.client_id());
+        if !span.is_disabled() {
+            span.record("policy", policy.map_or(metrics::NO_POLICY, |p| &*p.id));
+            span.record("rule", self.rule);
+            span.record("decision", self.decision.as_str());
+            span.record("reason", self.reason);
+            span.record("issuer", policy.map(|p| &*p.issuer.issuer));
+            span.record("azp", azp);
+        }
+        self.log(azp);
+    }
+
+    /// One line per deny and would-deny (info) and per allow (debug).
+    fn log(&self, azp: Option<&str>) {
+        macro_rules! decision_line {
+            ($level:expr, $message:literal) => {
+                tracing::event!(
+                    $level,
+                    policy = self.served.map_or("-", |s| &*s.policy.id),
+                    rule = self.rule,
+                    decision = self.decision.as_str(),
+                    reason = self.reason,
+                    status = self.status,
+                    sub = self.token.and_then(|t| t.subject()),
+                    azp,
+                    host = self.request.map(|(host, _)| host),
+                    method = self.request.map(|(_, http)| &*http.method),
+                    path = self.request.map(|(_, http)| without_query(&http.path)),
+                    $message
+                )
+            };
+        }
+        match self.decision {
+            DecisionLabel::Deny => decision_line!(tracing::Level::INFO, "deny"),
+            DecisionLabel::WouldDeny => decision_line!(tracing::Level::INFO, "audit: would deny"),
+            DecisionLabel::Allow => decision_line!(tracing::Level::DEBUG, "allow"),
         }
     }
 }
@@ -114,23 +267,27 @@ impl Authorization for CheckService {
     }
 }
 
-/// The `authorization` header, from the header map Envoy sends (lowercase
-/// keys) or from `header_map` when Envoy sends raw headers. Two
-/// `Authorization` headers arrive comma-joined and fail token parsing.
-fn authorization_header(
-    http: &envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest,
-) -> Option<&str> {
-    if let Some(value) = http.headers.get("authorization") {
+/// The `authorization` header.
+fn authorization_header(http: &HttpRequest) -> Option<&str> {
+    request_header(http, "authorization")
+}
+
+/// A request header by its lowercase name, from the header map Envoy sends
+/// (lowercase keys) or from `header_map` when Envoy sends raw headers. A
+/// header sent several times arrives comma-joined, or here as `","`: never
+/// a valid token or trace context.
+fn request_header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    if let Some(value) = http.headers.get(name) {
         return Some(value);
     }
     let raw = http.header_map.as_ref()?;
     let mut values = raw
         .headers
         .iter()
-        .filter(|h| h.key.eq_ignore_ascii_case("authorization"));
+        .filter(|h| h.key.eq_ignore_ascii_case(name));
     let first = values.next()?;
     if values.next().is_some() {
-        return Some(","); // several: never a valid token
+        return Some(","); // several
     }
     if first.raw_value.is_empty() {
         Some(&first.value)
@@ -141,17 +298,4 @@ fn authorization_header(
 
 fn without_query(path: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or(path)
-}
-
-fn log_denial(policy: &str, host: &str, method: &str, path: &str, denial: &Denial) {
-    tracing::info!(
-        policy,
-        rule = denial.rule.as_deref().unwrap_or("-"),
-        reason = denial.reason,
-        status = denial.status,
-        host,
-        method,
-        path = without_query(path),
-        "deny"
-    );
 }

@@ -219,6 +219,7 @@ impl TokenCache {
         match entries.get(token) {
             Some(entry) if entry.still_valid(verification, keys, now) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::token_cache_hit();
                 Some(entry.prepared.clone())
             }
             stale => {
@@ -226,6 +227,7 @@ impl TokenCache {
                     entries.invalidate(token);
                 }
                 self.misses.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::token_cache_miss();
                 None
             }
         }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use serde::Deserialize;
+use tracing::Instrument as _;
 
 use super::fetch::{FetchError, get_bounded};
 use super::{JwksSettings, JwksSource, KeySet};
@@ -14,6 +15,8 @@ use super::{JwksSettings, JwksSource, KeySet};
 /// The cached keys of one [`JwksSource`].
 pub struct JwksCache {
     source: JwksSource,
+    /// `source` as the `jwks_uri` label of metrics and spans.
+    label: Arc<str>,
     client: reqwest::Client,
     settings: JwksSettings,
     keys: ArcSwapOption<KeySet>,
@@ -81,6 +84,7 @@ impl JwksCache {
         settings: JwksSettings,
     ) -> Arc<Self> {
         let cache = Arc::new(JwksCache {
+            label: source.to_string().into(),
             source,
             client,
             settings,
@@ -89,6 +93,7 @@ impl JwksCache {
             fetch_lock: tokio::sync::Mutex::new(FetchState::default()),
             report: Mutex::new(Report::default()),
         });
+        crate::metrics::watch_jwks_cache(&cache);
         tokio::spawn(refresh_loop(Arc::downgrade(&cache)));
         cache
     }
@@ -96,6 +101,11 @@ impl JwksCache {
     /// The source these keys come from.
     pub fn source(&self) -> &JwksSource {
         &self.source
+    }
+
+    /// The source, as the `jwks_uri` label of metrics and spans.
+    pub fn metric_label(&self) -> &Arc<str> {
+        &self.label
     }
 
     /// The current keys, without any fetching.
@@ -153,7 +163,13 @@ impl JwksCache {
 
     /// Fetches and stores keys; returns the server's max-age on success.
     async fn fetch_locked(&self, state: &mut FetchState) -> Result<Option<Duration>, ()> {
-        let result = self.fetch(state).await;
+        let span = tracing::debug_span!("jwks.fetch", jwks_uri = %self.label, result = tracing::field::Empty);
+        let result = self.fetch(state).instrument(span.clone()).await;
+        let result_label = result
+            .as_ref()
+            .map_or_else(FetchError::label, |_| "success");
+        span.record("result", result_label);
+        crate::metrics::jwks_fetch(&self.label, result_label);
         let outcome = {
             let mut report = self.lock_report();
             report.jwks_uri = state.jwks_uri.as_ref().map(ToString::to_string);

@@ -51,6 +51,20 @@ pub enum FetchError {
     },
 }
 
+impl FetchError {
+    /// A short, stable label for metrics (`result` of
+    /// `scopegate_jwks_fetches_total`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            FetchError::Transport { .. } => "transport_error",
+            FetchError::Status { .. } => "http_error",
+            FetchError::TooLarge { .. } => "too_large",
+            FetchError::Discovery { .. } => "invalid_discovery",
+            FetchError::KeySet { .. } => "invalid_jwks",
+        }
+    }
+}
+
 /// A fetched body and its `Cache-Control: max-age`, if any.
 pub(crate) struct Fetched {
     pub body: Vec<u8>,

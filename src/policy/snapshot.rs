@@ -196,7 +196,9 @@ impl SnapshotHandle {
     }
 
     /// Replaces the snapshot; the first call marks policies as loaded.
+    /// Updates `scopegate_policies{state}`.
     pub fn publish(&self, snapshot: PolicySnapshot) {
+        crate::metrics::policies_published(snapshot.states().iter().map(|(_, state)| state));
         self.current.store(Arc::new(snapshot));
         self.loaded
             .store(true, std::sync::atomic::Ordering::Release);
