@@ -117,7 +117,10 @@ fn main() {
         let token = KEY_A.sign(&claims(&jwks.issuer()));
         (jwks, scopegate, token)
     });
-    let service = CheckService::new(scopegate.running.snapshot().clone());
+    let service = CheckService::new(
+        scopegate.running.snapshot().clone(),
+        scopegate.running.token_cache().clone(),
+    );
     let requests = requests(&token);
     for (name, request) in &requests {
         let status = runtime.block_on(service.check_request(request));
