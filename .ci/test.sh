@@ -38,11 +38,8 @@ export SCOPEGATE_BIN="$PWD/target/debug/scopegate"
 .ci/chart-test.sh 2>&1 | tee -a "$log"
 .ci/chart-apply.sh 2>&1 | tee -a "$log"
 
-# A short fuzz smoke run of every target (the long runs are in docs/security.md).
-.ci/fuzz-smoke.sh 2>&1 | tee -a "$log"
-
 # One closing line over everything above (cargo's unit, integration and doc
-# tests, the chart tests, the fuzz smoke).
+# tests, the chart tests).
 awk '/^test result:/ { passed += $4; failed += $6 }
      /^[a-z ]+tests: [0-9]+ passed, [0-9]+ failed$/ { n = split($0, w, " "); passed += w[n-3]; failed += w[n-1] }
      END { printf "all tests: %d passed, %d failed\n", passed, failed }' "$log"
