@@ -12,10 +12,7 @@ use support::*;
 
 /// A JWKS server with KEY_A and a scopegate with the standard rules.
 async fn standard() -> (JwksServer, Scopegate) {
-    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
-    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
-    let scopegate = Scopegate::start(&policy).await;
-    (jwks, scopegate)
+    standard_with(vec![KEY_A.jwk()]).await
 }
 
 #[tokio::test]

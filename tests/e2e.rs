@@ -279,14 +279,7 @@ spec:
 
 #[tokio::test]
 async fn grpcurl_reaches_check_health_and_reflection() {
-    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
-    let sg = Scopegate::start(&policy_yaml(
-        "orders",
-        &jwks.issuer(),
-        &jwks.jwks_uri(),
-        STANDARD_RULES,
-    ))
-    .await;
+    let (_jwks, sg) = standard_with(vec![KEY_A.jwk()]).await;
     let grpcurl = tool("SCOPEGATE_GRPCURL", ".tools/venv/bin/grpcurl");
     let addr = sg.running.grpc_addr().to_string();
     // grpcurl [flags] ADDRESS [list | METHOD]

@@ -196,14 +196,7 @@ async fn every_hostile_token_is_a_clean_401() {
 #[tokio::test]
 async fn accepted_variations_of_the_bearer_scheme() {
     // RFC 7235: the scheme is case-insensitive and one or more spaces follow it.
-    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
-    let sg = Scopegate::start(&policy_yaml(
-        "orders",
-        &jwks.issuer(),
-        &jwks.jwks_uri(),
-        STANDARD_RULES,
-    ))
-    .await;
+    let (jwks, sg) = standard_with(vec![KEY_A.jwk()]).await;
     let good = KEY_A.sign(&claims(&jwks.issuer()));
     for authorization in [
         format!("bearer {good}"),
@@ -220,14 +213,7 @@ async fn accepted_variations_of_the_bearer_scheme() {
 #[tokio::test]
 async fn duplicate_authorization_headers_in_raw_header_map_are_rejected() {
     use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
-    let sg = Scopegate::start(&policy_yaml(
-        "orders",
-        &jwks.issuer(),
-        &jwks.jwks_uri(),
-        STANDARD_RULES,
-    ))
-    .await;
+    let (jwks, sg) = standard_with(vec![KEY_A.jwk()]).await;
     let good = KEY_A.sign(&claims(&jwks.issuer()));
     let mut request = check_request(HOST, "GET", "/orders", &[], Default::default());
     let http = request

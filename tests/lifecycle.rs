@@ -16,14 +16,7 @@ async fn readyz(sg: &Scopegate) -> u16 {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_checks_finish() {
-    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
-    let sg = Scopegate::start(&policy_yaml(
-        "orders",
-        &jwks.issuer(),
-        &jwks.jwks_uri(),
-        STANDARD_RULES,
-    ))
-    .await;
+    let (jwks, sg) = standard_with(vec![KEY_A.jwk()]).await;
     sg.wait_for_jwks_attempts_above(0).await;
     assert_eq!(readyz(&sg).await, 200);
 

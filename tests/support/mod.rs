@@ -390,6 +390,15 @@ pub const STANDARD_RULES: &str = r#"  rules:
       requireScopes: ["delete:orders", "admin:orders"]
 "#;
 
+/// A JWKS server with `keys`, and scopegate serving the standard policy
+/// (`test/orders`, [`STANDARD_RULES`]) for that issuer.
+pub async fn standard_with(keys: Vec<Value>) -> (JwksServer, Scopegate) {
+    let jwks = JwksServer::start(keys).await;
+    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
+    let scopegate = Scopegate::start(&policy).await;
+    (jwks, scopegate)
+}
+
 /// A running scopegate (in-process, real sockets) and a tonic client.
 pub struct Scopegate {
     pub running: scopegate::serve::Running,
