@@ -26,18 +26,6 @@ fn raw_signed(header: &str, payload: &str) -> String {
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
 
-fn hs(alg: &str, secret: &[u8], claims: &Value) -> String {
-    let algorithm = match alg {
-        "HS256" => aws_lc_rs::hmac::HMAC_SHA256,
-        "HS384" => aws_lc_rs::hmac::HMAC_SHA384,
-        _ => aws_lc_rs::hmac::HMAC_SHA512,
-    };
-    let key = aws_lc_rs::hmac::Key::new(algorithm, secret);
-    scopegate::token::encode_compact(&json!({"alg": alg, "kid": "key-a"}), claims, |input| {
-        aws_lc_rs::hmac::sign(&key, input).as_ref().to_vec()
-    })
-}
-
 fn with_claim(issuer: &str, name: &str, value: Value) -> String {
     let mut c = claims(issuer);
     if value.is_null() {
@@ -72,11 +60,11 @@ fn corpus(issuer: &str, attacker: &str) -> Vec<(String, String)> {
         ("alg None", bearer(format!("{}.{payload_b64}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"None","kid":"key-a"}"#)))),
         ("alg NONE", bearer(format!("{}.{payload_b64}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"NONE"}"#)))),
         ("alg nOnE with a signature", bearer(format!("{}.{payload_b64}.{signature}", URL_SAFE_NO_PAD.encode(r#"{"alg":"nOnE"}"#)))),
-        ("HS256 keyed with the RSA public key DER", bearer(hs("HS256", &KEY_A.public_key_der(), &claims(issuer)))),
-        ("HS384 keyed with the RSA public key DER", bearer(hs("HS384", &KEY_A.public_key_der(), &claims(issuer)))),
-        ("HS512 keyed with the RSA public key DER", bearer(hs("HS512", &KEY_A.public_key_der(), &claims(issuer)))),
-        ("HS256 keyed with the RSA public key PEM", bearer(hs("HS256", pem.as_bytes(), &claims(issuer)))),
-        ("HS256 keyed with the JWK n", bearer(hs("HS256", KEY_A.jwk()["n"].as_str().unwrap().as_bytes(), &claims(issuer)))),
+        ("HS256 keyed with the RSA public key DER", bearer(hmac_forged("HS256", &KEY_A.public_key_der(), &claims(issuer)))),
+        ("HS384 keyed with the RSA public key DER", bearer(hmac_forged("HS384", &KEY_A.public_key_der(), &claims(issuer)))),
+        ("HS512 keyed with the RSA public key DER", bearer(hmac_forged("HS512", &KEY_A.public_key_der(), &claims(issuer)))),
+        ("HS256 keyed with the RSA public key PEM", bearer(hmac_forged("HS256", pem.as_bytes(), &claims(issuer)))),
+        ("HS256 keyed with the JWK n", bearer(hmac_forged("HS256", KEY_A.jwk()["n"].as_str().unwrap().as_bytes(), &claims(issuer)))),
         ("RS256 header, ES256 signature", bearer(format!("{input}.{}", EC.sign(&claims(issuer)).rsplit_once('.').unwrap().1))),
         ("ES256 header on the RSA key's kid", bearer(with_header(issuer, json!({"alg": "ES256", "kid": "key-a"})))),
         ("no kid while the JWKS has several keys", bearer(with_header(issuer, json!({"alg": "RS256"})))),

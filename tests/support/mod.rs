@@ -160,6 +160,20 @@ pub static KEY_B: LazyLock<RsaKey> = LazyLock::new(|| RsaKey::generate("key-b"))
 /// Not in any JWKS: signs tokens that must fail verification.
 pub static ROGUE: LazyLock<RsaKey> = LazyLock::new(|| RsaKey::generate("key-a"));
 
+/// A token with `alg: HS256/384/512` and `kid: key-a`, HMAC-signed with
+/// `secret` — the algorithm-confusion forgery (a public key used as secret).
+pub fn hmac_forged(alg: &str, secret: &[u8], claims: &Value) -> String {
+    let algorithm = match alg {
+        "HS256" => aws_lc_rs::hmac::HMAC_SHA256,
+        "HS384" => aws_lc_rs::hmac::HMAC_SHA384,
+        _ => aws_lc_rs::hmac::HMAC_SHA512,
+    };
+    let key = aws_lc_rs::hmac::Key::new(algorithm, secret);
+    scopegate::token::encode_compact(&json!({"alg": alg, "kid": "key-a"}), claims, |input| {
+        aws_lc_rs::hmac::sign(&key, input).as_ref().to_vec()
+    })
+}
+
 pub fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
