@@ -11,6 +11,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 .ci/install-tools.sh
 # shellcheck source=.ci/env.sh
 source .ci/env.sh
+# A one-shot build gains nothing from incremental state, which would add GBs.
+export CARGO_INCREMENTAL=0
 
 # A real Kubernetes control plane for tests/kube.rs, stopped on exit.
 KUBE_BIN="$(tests/kube/build.sh | tail -n1)"
