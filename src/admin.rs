@@ -1,9 +1,10 @@
-//! The admin HTTP server: `/healthz` (alive), `/readyz` (policies loaded,
-//! with per-policy and per-issuer detail) and `/metrics` (Prometheus text of
+//! The admin HTTP server: `/healthz` (alive), `/readyz` (policies loaded and
+//! keys fetched, with per-policy and per-issuer detail) and `/metrics` (Prometheus text of
 //! [`crate::metrics`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -24,6 +25,11 @@ pub struct AdminState {
     pub registry: JwksRegistry,
     /// Set when shutdown begins, so that `/readyz` fails and traffic drains.
     pub shutting_down: Arc<AtomicBool>,
+    /// Until then, `/readyz` also waits for every issuer's keys (so a new
+    /// pod takes traffic with keys in hand); after it, an issuer that is
+    /// still unreachable no longer holds readiness back (its policies answer
+    /// 503, every other policy serves).
+    pub wait_for_keys_until: Instant,
 }
 
 /// The admin routes.
@@ -36,7 +42,12 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    let ready = state.snapshot.is_loaded() && !state.shutting_down.load(Ordering::Acquire);
+    let jwks = state.registry.states();
+    let waiting_for_keys =
+        Instant::now() < state.wait_for_keys_until && jwks.iter().any(|source| source.keys == 0);
+    let ready = state.snapshot.is_loaded()
+        && !waiting_for_keys
+        && !state.shutting_down.load(Ordering::Acquire);
     let snapshot = state.snapshot.load();
     let policies: Vec<_> = snapshot
         .states()
@@ -61,8 +72,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let body = json!({
         "ready": ready,
         "shuttingDown": state.shutting_down.load(Ordering::Acquire),
+        "waitingForKeys": waiting_for_keys,
         "policies": policies,
-        "jwks": state.registry.states(),
+        "jwks": jwks,
     });
     (status, Json(body))
 }

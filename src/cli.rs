@@ -115,7 +115,15 @@ struct ServeArgs {
     /// Longest a verified token is reused without verifying it again (never past its `exp`; 0 disables the cache).
     #[arg(long, env = "SCOPEGATE_TOKEN_CACHE_MAX_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     token_cache_max_ttl: Duration,
-    /// Time in-flight Checks get to finish after SIGTERM.
+    /// At start, how long readiness waits for every issuer's keys; after that an unreachable issuer only
+    /// makes its own policies answer 503.
+    #[arg(long, env = "SCOPEGATE_STARTUP_KEY_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
+    startup_key_wait: Duration,
+    /// After SIGTERM, how long to keep answering Checks with readiness and gRPC health already failing,
+    /// before connections stop being accepted (0 in Kubernetes, where the preStop sleep does this).
+    #[arg(long, env = "SCOPEGATE_SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    shutdown_drain_delay: Duration,
+    /// Time in-flight Checks get to finish once connections stop being accepted.
     #[arg(long, env = "SCOPEGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
     /// Log format.
@@ -235,6 +243,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_entries: args.token_cache_size,
             max_ttl: args.token_cache_max_ttl,
         },
+        startup_key_wait: args.startup_key_wait,
+        shutdown_drain_delay: args.shutdown_drain_delay,
         shutdown_grace: args.shutdown_grace,
     };
     let running = crate::serve::start(config).await?;

@@ -31,7 +31,16 @@ pub struct ServeConfig {
     pub jwks: JwksSettings,
     /// The verified-token cache.
     pub token_cache: TokenCacheSettings,
-    /// How long in-flight Checks may take to finish after a shutdown signal.
+    /// How long after start `/readyz` waits for every issuer's keys before
+    /// it stops counting an unreachable issuer against readiness.
+    pub startup_key_wait: Duration,
+    /// How long scopegate keeps answering after a shutdown signal, with
+    /// `/readyz` and gRPC health already not-serving, before it stops
+    /// accepting connections (lets load balancers without a `preStop` hook
+    /// move away first).
+    pub shutdown_drain_delay: Duration,
+    /// How long in-flight Checks may take to finish once scopegate stops
+    /// accepting connections.
     pub shutdown_grace: Duration,
 }
 
@@ -62,6 +71,8 @@ impl ServeConfig {
             dev_issuer: None,
             jwks: JwksSettings::default(),
             token_cache: TokenCacheSettings::default(),
+            startup_key_wait: Duration::from_secs(10),
+            shutdown_drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
         }
     }

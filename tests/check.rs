@@ -570,7 +570,7 @@ async fn cached_keys_keep_verifying_when_the_jwks_server_goes_down() {
     sg.wait_for_jwks_attempts_above(sg.jwks_attempts()).await; // a refresh failed
     jwks.set_reply(JwksReply::Body("<html>not json</html>"));
     sg.wait_for_jwks_attempts_above(sg.jwks_attempts()).await; // a refresh got garbage
-    jwks.stop();
+    jwks.stop().await;
     sg.wait_for_jwks_attempts_above(sg.jwks_attempts()).await; // a refresh could not connect
     let token = KEY_A.sign(&claims(&jwks.issuer()));
     assert_eq!(
@@ -613,18 +613,8 @@ async fn jwks_down_from_the_start_denies_with_503_and_never_allows() {
 async fn burst(sg: &Scopegate, token: &str, n: usize) -> Vec<i32> {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
-        let mut client = sg.client.clone();
-        let auth = format!("Bearer {token}");
-        tasks.spawn(async move {
-            let request = check_request(
-                HOST,
-                "GET",
-                "/orders",
-                &[("authorization", &auth)],
-                HashMap::new(),
-            );
-            Checked(client.check(request).await.unwrap().into_inner()).http_status()
-        });
+        let (client, token) = (sg.client.clone(), token.to_string());
+        tasks.spawn(async move { bearer_status(client, &token).await });
     }
     tasks.join_all().await
 }

@@ -3,30 +3,16 @@
 //! 403 naming the missing scope), then SIGTERM. Ports are free ones instead of
 //! the README's fixed ones.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-const SCOPEGATE: &str = env!("CARGO_BIN_EXE_scopegate");
+use std::process::Command;
+use std::time::Duration;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::free_port;
+use support::process::{ScopegateProcess, scopegate_bin};
 
 fn scopegate(args: &[&str]) -> (bool, String) {
-    let out = Command::new(SCOPEGATE).args(args).output().unwrap();
+    let out = Command::new(scopegate_bin()).args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.is_empty() || out.status.code() != Some(2),
@@ -35,9 +21,9 @@ fn scopegate(args: &[&str]) -> (bool, String) {
     (out.status.success(), String::from_utf8(out.stdout).unwrap())
 }
 
-#[test]
-fn readme_quick_start() {
-    let (issuer_port, grpc_port, admin_port) = (free_port(), free_port(), free_port());
+#[tokio::test]
+async fn readme_quick_start() {
+    let issuer_port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let example = std::fs::read_to_string("examples/policies/dev.yaml").unwrap();
     assert!(
@@ -52,30 +38,18 @@ fn readme_quick_start() {
     .unwrap();
 
     let issuer = format!("127.0.0.1:{issuer_port}");
-    let grpc = format!("127.0.0.1:{grpc_port}");
-    let admin = format!("127.0.0.1:{admin_port}");
-    let server = Server(
-        Command::new(SCOPEGATE)
-            .args([
-                "serve",
-                "--dev-issuer",
-                &issuer,
-                "--listen",
-                &grpc,
-                "--admin-listen",
-                &admin,
-                "--policies",
-            ])
-            .arg(&policy)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&grpc).is_err() {
-        assert!(Instant::now() < deadline, "scopegate did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut server = ScopegateProcess::serve(
+        &[
+            "--dev-issuer",
+            &issuer,
+            "--policies",
+            policy.to_str().unwrap(),
+        ],
+        &dir.path().join("scopegate.log"),
+        |_| {},
+    )
+    .await;
+    let grpc = server.grpc_addr.to_string();
 
     let issuer_url = format!("http://{issuer}");
     let (ok, token) = scopegate(&[
@@ -119,25 +93,5 @@ fn readme_quick_start() {
     assert!(out.contains("scope=\"create:orders\""), "{out}");
 
     // SIGTERM: a clean exit within the grace period.
-    let mut server = server;
-    let pid = server.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "scopegate did not exit on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.terminate(Duration::from_secs(15)).await;
 }

@@ -11,9 +11,8 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
@@ -32,9 +31,8 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::Value;
+use support::process::ScopegateProcess;
 use support::*;
-
-const SCOPEGATE: &str = env!("CARGO_BIN_EXE_scopegate");
 
 /// A received span with its resource's attributes.
 type ReceivedSpan = (Vec<KeyValue>, Span);
@@ -111,35 +109,6 @@ impl Receiver {
     }
 }
 
-/// The scopegate child process; killed if the test fails.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Server {
-    /// SIGTERM, then waits for a clean exit (without blocking the runtime
-    /// that serves the OTLP receiver).
-    async fn terminate(&mut self) {
-        let pid = self.0.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(killed.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                assert!(status.success(), "{status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "scopegate did not exit");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -192,48 +161,30 @@ async fn start_scopegate(
     jwks: &JwksServer,
     env: &[(&str, &str)],
 ) -> (
-    Server,
+    ScopegateProcess,
     AuthorizationClient<tonic::transport::Channel>,
-    std::path::PathBuf,
     tempfile::TempDir,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let policy = policy_yaml("traced", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
-    std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
-    let (grpc, admin) = (free_port(), free_port());
-    let log_path = dir.path().join("stderr.log");
-    let server = Server(
-        Command::new(SCOPEGATE)
-            .args(["serve", "--log-format", "json", "--policies"])
-            .arg(dir.path().join("policy.yaml"))
-            .args(["--listen", &format!("127.0.0.1:{grpc}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
-            .env("OTEL_METRIC_EXPORT_INTERVAL", "600000")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let endpoint = format!("http://127.0.0.1:{grpc}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let client = loop {
-        if let Ok(client) = AuthorizationClient::connect(endpoint.clone()).await {
-            break client;
-        }
-        assert!(Instant::now() < deadline, "scopegate did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    (server, client, log_path, dir)
+    let server =
+        ScopegateProcess::serve_policy(dir.path(), &policy, &["--log-format", "json"], |command| {
+            command
+                .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+                .env("OTEL_METRIC_EXPORT_INTERVAL", "600000")
+                .env("RUST_LOG", "info")
+                .envs(env.iter().copied());
+        })
+        .await;
+    let client = server.client().await;
+    (server, client, dir)
 }
 
 #[tokio::test]
 async fn check_spans_join_the_callers_trace_and_are_exported_over_otlp_grpc() {
     let (receiver, otlp_addr) = Receiver::start().await;
     let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
-    let (mut server, mut client, log_path, _dir) = start_scopegate(
+    let (mut server, mut client, _dir) = start_scopegate(
         &jwks,
         &[
             (
@@ -273,7 +224,7 @@ async fn check_spans_join_the_callers_trace_and_are_exported_over_otlp_grpc() {
     let denied = Checked(client.check(deny).await.unwrap().into_inner());
     assert_eq!(denied.http_status(), 403);
 
-    server.terminate().await;
+    server.terminate(Duration::from_secs(20)).await;
 
     // The allowed Check: a server span, child of the caller's span.
     let (resource, span) = receiver.check_span(w3c_trace);
@@ -336,7 +287,7 @@ async fn check_spans_join_the_callers_trace_and_are_exported_over_otlp_grpc() {
     }
 
     // One JSON decision line for the deny: no query string, no token.
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = server.log_text();
     assert!(!log.contains(&token), "the log carries the token");
     let denies: Vec<Value> = log
         .lines()
@@ -392,7 +343,7 @@ async fn start_http_receiver() -> (Arc<Mutex<Vec<Span>>>, std::net::SocketAddr) 
 async fn check_spans_are_exported_over_otlp_http_protobuf_by_default() {
     let (spans, otlp_addr) = start_http_receiver().await;
     let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
-    let (mut server, mut client, _log, _dir) = start_scopegate(
+    let (mut server, mut client, _dir) = start_scopegate(
         &jwks,
         &[
             (
@@ -414,7 +365,7 @@ async fn check_spans_are_exported_over_otlp_http_protobuf_by_default() {
     );
     let checked = Checked(client.check(request).await.unwrap().into_inner());
     assert_eq!(checked.http_status(), 401);
-    server.terminate().await;
+    server.terminate(Duration::from_secs(20)).await;
 
     let spans = spans.lock().unwrap();
     let check = spans

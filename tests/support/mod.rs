@@ -3,6 +3,9 @@
 //! scopegate server reached through a real tonic client.
 #![allow(dead_code)]
 
+pub mod load;
+pub mod process;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -215,6 +218,12 @@ struct JwksShared {
 pub struct JwksServer {
     pub addr: SocketAddr,
     shared: Arc<JwksShared>,
+    serving: Mutex<Option<Serving>>,
+}
+
+/// The accept loop of a started [`JwksServer`].
+struct Serving {
+    stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -227,14 +236,29 @@ impl JwksServer {
             fetches: AtomicUsize::new(0),
             issuer: Mutex::new(format!("http://{addr}/")),
         });
+        let serving = Self::serve(listener, shared.clone());
+        JwksServer {
+            addr,
+            shared,
+            serving: Mutex::new(Some(serving)),
+        }
+    }
+
+    fn serve(listener: tokio::net::TcpListener, shared: Arc<JwksShared>) -> Serving {
         let router = Router::new()
             .route("/.well-known/jwks.json", get(serve_jwks))
             .route("/.well-known/openid-configuration", get(serve_discovery))
-            .with_state(shared.clone());
+            .with_state(shared);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
         });
-        JwksServer { addr, shared, task }
+        Serving { stop, task }
     }
 
     /// `http://ADDR/` — the issuer URL (with Auth0's trailing slash).
@@ -270,9 +294,21 @@ impl JwksServer {
         .expect("the JWKS was refetched");
     }
 
-    /// Stops the server: connections are refused from now on.
-    pub fn stop(&self) {
-        self.task.abort();
+    /// Stops the server: open connections are closed and new ones refused
+    /// until [`JwksServer::restart`].
+    pub async fn stop(&self) {
+        let serving = self.serving.lock().unwrap().take();
+        if let Some(Serving { stop, task }) = serving {
+            let _ = stop.send(());
+            task.await.unwrap();
+        }
+    }
+
+    /// Serves again on the same address after [`JwksServer::stop`].
+    pub async fn restart(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let serving = Self::serve(listener, self.shared.clone());
+        *self.serving.lock().unwrap() = Some(serving);
     }
 }
 
@@ -517,6 +553,27 @@ impl Scopegate {
     }
 }
 
+/// A Check for `GET /orders` on [`HOST`] with `Authorization: Bearer <token>`.
+pub fn bearer_request(token: &str) -> CheckRequest {
+    let auth = format!("Bearer {token}");
+    check_request(
+        HOST,
+        "GET",
+        "/orders",
+        &[("authorization", &auth)],
+        HashMap::new(),
+    )
+}
+
+/// The HTTP status of the answer to [`bearer_request`] (200 for an allow).
+pub async fn bearer_status(
+    mut client: AuthorizationClient<tonic::transport::Channel>,
+    token: &str,
+) -> i32 {
+    let answer = client.check(bearer_request(token)).await.unwrap();
+    Checked(answer.into_inner()).http_status()
+}
+
 /// A configuration on loopback ephemeral ports with fast JWKS settings.
 pub fn test_config(policies: PolicySource) -> ServeConfig {
     let mut config = ServeConfig::with_policy_files(Vec::new());
@@ -525,6 +582,8 @@ pub fn test_config(policies: PolicySource) -> ServeConfig {
     config.admin_listen = "127.0.0.1:0".parse().unwrap();
     config.jwks = fast_jwks();
     config.shutdown_grace = Duration::from_secs(2);
+    // Ready as soon as policies load; tests that need keys wait for them.
+    config.startup_key_wait = Duration::ZERO;
     config
 }
 

@@ -1,0 +1,224 @@
+//! scopegate as a real child process: the binary cargo built, serving on free
+//! loopback ports, killed when dropped (so a failing test leaves nothing
+//! behind), with readers for what an operator would watch: `/readyz`,
+//! `/metrics` and the process's own memory and file descriptors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+use super::free_port;
+
+/// The scopegate binary under test (set by cargo for integration tests).
+pub fn scopegate_bin() -> &'static str {
+    // option_env: examples include this module too, and cargo sets the
+    // variable only for integration tests.
+    #[allow(clippy::option_env_unwrap)]
+    option_env!("CARGO_BIN_EXE_scopegate").expect("only integration tests run the binary")
+}
+
+/// A running `scopegate serve` child process.
+pub struct ScopegateProcess {
+    child: Child,
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// Where the process's stderr (its logs) goes.
+    pub log: PathBuf,
+}
+
+impl Drop for ScopegateProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ScopegateProcess {
+    /// Runs `scopegate serve ARGS --listen … --admin-listen …` with stderr
+    /// in `log`; `configure` may add environment variables. Returns once the
+    /// gRPC port accepts connections.
+    pub async fn serve(args: &[&str], log: &Path, configure: impl FnOnce(&mut Command)) -> Self {
+        let grpc_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut command = Command::new(scopegate_bin());
+        command
+            .arg("serve")
+            .args(args)
+            .args(["--listen", &grpc_addr.to_string()])
+            .args(["--admin-listen", &admin_addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        configure(&mut command);
+        let process = ScopegateProcess {
+            child: command.spawn().unwrap(),
+            grpc_addr,
+            admin_addr,
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(grpc_addr).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "scopegate did not start; its log:\n{}",
+                process.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        process
+    }
+
+    /// Writes `policy` to `DIR/policy.yaml` and runs `scopegate serve
+    /// --policies DIR/policy.yaml ARGS`, logging to `DIR/scopegate.log`.
+    pub async fn serve_policy(
+        dir: &Path,
+        policy: &str,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
+        let policy_file = dir.join("policy.yaml");
+        std::fs::write(&policy_file, policy).unwrap();
+        let mut all_args = vec!["--policies", policy_file.to_str().unwrap()];
+        all_args.extend_from_slice(args);
+        Self::serve(&all_args, &dir.join("scopegate.log"), configure).await
+    }
+
+    /// A new gRPC client connected to the process.
+    pub async fn client(&self) -> AuthorizationClient<tonic::transport::Channel> {
+        AuthorizationClient::connect(format!("http://{}", self.grpc_addr))
+            .await
+            .unwrap()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Waits (without blocking the runtime) for the process to exit, at most
+    /// `within`.
+    pub async fn wait_for_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scopegate did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, then a clean exit (status 0) within `within`.
+    pub async fn terminate(&mut self, within: Duration) {
+        self.sigterm();
+        let status = self.wait_for_exit(within).await;
+        assert!(status.success(), "{status}; log:\n{}", self.log_text());
+    }
+
+    /// The HTTP status of `GET /readyz` (0 if nothing answered).
+    pub async fn readyz(&self) -> u16 {
+        reqwest::get(format!("http://{}/readyz", self.admin_addr))
+            .await
+            .map_or(0, |r| r.status().as_u16())
+    }
+
+    /// JWKS fetch attempts so far, over all sources (from `/readyz`).
+    pub async fn jwks_attempts(&self) -> u64 {
+        let readyz: serde_json::Value = reqwest::get(format!("http://{}/readyz", self.admin_addr))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        readyz["jwks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|source| source["fetch_attempts"].as_u64().unwrap())
+            .sum()
+    }
+
+    /// Waits until the process has completed more than `count` JWKS fetches.
+    pub async fn wait_for_jwks_attempts_above(&self, count: u64) {
+        super::eventually("scopegate completed another JWKS fetch", || async {
+            self.jwks_attempts().await > count
+        })
+        .await;
+    }
+
+    /// The value of an unlabelled series in `/metrics`, e.g.
+    /// `process_open_fds` or `scopegate_runtime_tasks`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin_addr))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().find_map(|line| {
+            let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
+    }
+
+    /// What `/metrics` reports about the process's resources right now.
+    pub async fn resources(&self) -> Resources {
+        let read = |name| async move {
+            self.metric(name)
+                .await
+                .unwrap_or_else(|| panic!("/metrics has {name}"))
+        };
+        Resources {
+            rss_bytes: read("process_resident_memory_bytes").await,
+            open_fds: read("process_open_fds").await,
+            threads: read("process_threads").await,
+            tasks: read("scopegate_runtime_tasks").await,
+        }
+    }
+}
+
+/// A process's resource use, as its own `/metrics` reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct Resources {
+    pub rss_bytes: f64,
+    pub open_fds: f64,
+    pub threads: f64,
+    pub tasks: f64,
+}
+
+impl std::fmt::Display for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RSS {:.1} MiB, {} fds, {} threads, {} tasks",
+            self.rss_bytes / (1024.0 * 1024.0),
+            self.open_fds,
+            self.threads,
+            self.tasks
+        )
+    }
+}
