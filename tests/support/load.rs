@@ -281,21 +281,48 @@ pub const NEVER_ALLOWED: &[&str] = &[
 static UNPUBLISHED: std::sync::LazyLock<super::RsaKey> =
     std::sync::LazyLock::new(|| super::RsaKey::generate("key-z"));
 
+/// `count` distinct valid key-a tokens for `issuer` (`sub` numbered from
+/// `first`), signed on all cores.
+pub async fn fresh_tokens(issuer: &str, first: usize, count: usize) -> Vec<String> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = count.div_ceil(threads).max(1);
+    let signers: Vec<_> = (first..first + count)
+        .step_by(chunk)
+        .map(|start| {
+            let issuer = issuer.to_string();
+            let end = (start + chunk).min(first + count);
+            tokio::task::spawn_blocking(move || {
+                (start..end)
+                    .map(|n| super::KEY_A.sign(&numbered_claims(&issuer, n)))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut tokens = Vec::with_capacity(count);
+    for signer in signers {
+        tokens.extend(signer.await.unwrap());
+    }
+    tokens
+}
+
+/// Valid claims for `issuer` with `sub` `auth0|user-N`.
+fn numbered_claims(issuer: &str, n: usize) -> serde_json::Value {
+    let mut claims = super::claims(issuer);
+    claims["sub"] = format!("auth0|user-{n}").into();
+    claims
+}
+
 /// The token mix of the fault and soak tests, for `issuer`:
 /// * `good-a`: `good` distinct valid tokens signed by [`super::KEY_A`];
-/// * `good-b`: valid tokens signed by [`super::KEY_B`] (allowed only once
-///   the issuer publishes key-b);
+/// * `good-b`: up to 100 valid tokens signed by [`super::KEY_B`] (allowed
+///   only once the issuer publishes key-b);
 /// * one token of each [`NEVER_ALLOWED`] kind: a signature by a rogue key
 ///   with key-a's `kid`, an expired token, a token for another audience, an
 ///   HS256 token keyed with key-a's public key, `alg: none`, and an unknown
 ///   `kid` (which also makes scopegate refetch the JWKS, rate-limited).
 pub fn mixed_tokens(issuer: &str, good: usize) -> Vec<TokenKind> {
     use super::{KEY_A, KEY_B, ROGUE, b64, claims, hmac_forged};
-    let numbered = |n: usize| {
-        let mut c = claims(issuer);
-        c["sub"] = format!("auth0|user-{n}").into();
-        c
-    };
+    let numbered = |n| numbered_claims(issuer, n);
     let mut expired = claims(issuer);
     expired["exp"] = (super::now() - 3600).into();
     let mut wrong_aud = claims(issuer);
@@ -318,7 +345,7 @@ pub fn mixed_tokens(issuer: &str, good: usize) -> Vec<TokenKind> {
         },
         TokenKind {
             name: "good-b",
-            tokens: (0..good.div_ceil(4))
+            tokens: (0..good.div_ceil(4).min(100))
                 .map(|n| KEY_B.sign(&numbered(n)))
                 .collect(),
             weight: 2,
