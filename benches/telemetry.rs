@@ -6,7 +6,8 @@
 //!   span joins the request's sampled `traceparent` and is batched and
 //!   exported over OTLP gRPC to a receiver on loopback.
 //!
-//! Each mode runs an allow (an RS256 token verified) and a deny (no token).
+//! Each mode runs an allow (an RS256 token, from the token cache after the
+//! first Check) and a deny (no token).
 //! `CheckService::check_request` is called directly: no gRPC transport, so
 //! the difference is telemetry alone.
 //!

@@ -7,6 +7,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use scopegate::jwks::JwksSettings;
 use serde_json::json;
 use support::*;
 
@@ -681,4 +682,43 @@ spec:
     let sg = Scopegate::start(&policy).await;
     let token = KEY_A.sign(&claims(&jwks.issuer()));
     assert_eq!(sg.check_token("GET", "/x", &token).await.http_status(), 200);
+}
+
+#[tokio::test]
+async fn a_rate_limited_unknown_kid_is_answered_without_waiting_on_a_hanging_fetch() {
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
+    let settings = JwksSettings {
+        refresh_interval: Duration::from_millis(300),
+        min_refetch_interval: Duration::from_secs(3600),
+        fetch_timeout: Duration::from_secs(60),
+        ..fast_jwks()
+    };
+    let sg = Scopegate::start_with(&policy, settings).await;
+    sg.wait_for_jwks_attempts_above(0).await;
+
+    // A miss is answered by a fetch that fails (its own, or a background
+    // refresh it waited for); then the background refresh hangs.
+    jwks.set_reply(JwksReply::Status(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+    ));
+    let unknown = KEY_B.sign(&claims(&jwks.issuer()));
+    sg.check_token("GET", "/orders", &unknown)
+        .await
+        .assert_invalid_token();
+    let hanging = serde_json::json!({"keys": [KEY_A.jwk()]});
+    jwks.set_reply(JwksReply::SlowKeys(hanging, Duration::from_secs(120)));
+    let fetches = jwks.fetches();
+    jwks.wait_for_fetches_above(fetches).await;
+    let attempts = sg.jwks_attempts();
+
+    // The next miss is rate-limited: answered while that fetch still hangs.
+    sg.check_token("GET", "/orders", &unknown)
+        .await
+        .assert_invalid_token();
+    assert_eq!(
+        sg.jwks_attempts(),
+        attempts,
+        "answered before the hanging fetch ended"
+    );
 }

@@ -24,6 +24,12 @@ pub struct JwksCache {
     /// happened while they queued for `fetch_lock`.
     attempts: AtomicU64,
     fetch_lock: tokio::sync::Mutex<FetchState>,
+    /// When a miss (unknown `kid`) was last answered by a fresh fetch, its
+    /// own or one it waited for: misses within `min_refetch_interval` of it
+    /// are answered at once, without queueing behind a fetch in flight (an
+    /// issuer that hangs must not make every unknown-`kid` Check wait out
+    /// the fetch timeout).
+    last_miss_fetch_finished: Mutex<Option<Instant>>,
     report: Mutex<Report>,
 }
 
@@ -91,6 +97,7 @@ impl JwksCache {
             keys: ArcSwapOption::empty(),
             attempts: AtomicU64::new(0),
             fetch_lock: tokio::sync::Mutex::new(FetchState::default()),
+            last_miss_fetch_finished: Mutex::new(None),
             report: Mutex::new(Report::default()),
         });
         crate::metrics::watch_jwks_cache(&cache);
@@ -145,20 +152,37 @@ impl JwksCache {
     }
 
     async fn refetch_after_miss(&self, seen_attempts: u64) {
+        if self.miss_answered_recently() {
+            return; // rate-limited: answer now rather than wait on a fetch
+        }
         let mut state = self.fetch_lock.lock().await;
-        if self.attempts.load(Ordering::Acquire) != seen_attempts {
-            return; // another request fetched while this one waited
-        }
+        if self.attempts.load(Ordering::Acquire) == seen_attempts {
+            let min_interval = self.settings.min_refetch_interval;
+            if state
+                .last_miss_fetch
+                .is_some_and(|at| at.elapsed() < min_interval)
+            {
+                return;
+            }
+            state.last_miss_fetch = Some(Instant::now());
+            // The outcome is recorded in the report; the caller re-reads the keys.
+            let _ = self.fetch_locked(&mut state).await;
+        } // else another request fetched while this one waited
+        *self.lock_miss_answered() = Some(Instant::now());
+    }
+
+    /// Whether a miss was answered by a fresh fetch within
+    /// `min_refetch_interval`.
+    fn miss_answered_recently(&self) -> bool {
         let min_interval = self.settings.min_refetch_interval;
-        if state
-            .last_miss_fetch
+        self.lock_miss_answered()
             .is_some_and(|at| at.elapsed() < min_interval)
-        {
-            return;
-        }
-        state.last_miss_fetch = Some(Instant::now());
-        // The outcome is recorded in the report; the caller re-reads the keys.
-        let _ = self.fetch_locked(&mut state).await;
+    }
+
+    fn lock_miss_answered(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.last_miss_fetch_finished
+            .lock()
+            .expect("never poisoned")
     }
 
     /// Fetches and stores keys; returns the server's max-age on success.
