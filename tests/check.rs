@@ -11,6 +11,16 @@ use scopegate::jwks::JwksSettings;
 use serde_json::json;
 use support::*;
 
+/// A JWKS server with KEY_A and a scopegate with the standard rules and
+/// these key settings, once the first fetch is done.
+async fn with_keys_fetched(settings: JwksSettings) -> (JwksServer, Scopegate) {
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
+    let sg = Scopegate::start_with(&policy, settings).await;
+    sg.wait_for_jwks_attempts_above(0).await;
+    (jwks, sg)
+}
+
 /// A JWKS server with KEY_A and a scopegate with the standard rules.
 async fn standard() -> (JwksServer, Scopegate) {
     standard_with(vec![KEY_A.jwk()]).await
@@ -622,17 +632,14 @@ async fn burst(sg: &Scopegate, token: &str, n: usize) -> Vec<i32> {
 
 #[tokio::test]
 async fn a_thousand_concurrent_unknown_kids_cause_one_fetch() {
-    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
-    let policy = policy_yaml("burst", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
-    let settings = scopegate::jwks::JwksSettings {
+    let (jwks, sg) = with_keys_fetched(JwksSettings {
         refresh_interval: Duration::from_secs(3600),
         min_refresh_interval: Duration::from_secs(3600),
         max_refresh_interval: Duration::from_secs(3600),
         min_refetch_interval: Duration::from_secs(3600),
         ..fast_jwks()
-    };
-    let sg = Scopegate::start_with(&policy, settings).await;
-    sg.wait_for_jwks_attempts_above(0).await;
+    })
+    .await;
     let before = jwks.fetches();
     // key-b is in no JWKS: every request misses, yet only one refetch is made.
     let statuses = burst(&sg, &KEY_B.sign(&claims(&jwks.issuer())), 1000).await;
@@ -686,16 +693,13 @@ spec:
 
 #[tokio::test]
 async fn a_rate_limited_unknown_kid_is_answered_without_waiting_on_a_hanging_fetch() {
-    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
-    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
-    let settings = JwksSettings {
+    let (jwks, sg) = with_keys_fetched(JwksSettings {
         refresh_interval: Duration::from_millis(300),
         min_refetch_interval: Duration::from_secs(3600),
         fetch_timeout: Duration::from_secs(60),
         ..fast_jwks()
-    };
-    let sg = Scopegate::start_with(&policy, settings).await;
-    sg.wait_for_jwks_attempts_above(0).await;
+    })
+    .await;
 
     // A miss is answered by a fetch that fails (its own, or a background
     // refresh it waited for); then the background refresh hangs.
