@@ -35,9 +35,6 @@ pub struct JwksCache {
 
 #[derive(Default)]
 struct FetchState {
-    /// The last fetch caused by an unknown `kid` (background refreshes do
-    /// not count: the limit only bounds what clients can trigger).
-    last_miss_fetch: Option<Instant>,
     /// The JWKS URI, once known (from the source or from discovery).
     jwks_uri: Option<reqwest::Url>,
 }
@@ -157,14 +154,9 @@ impl JwksCache {
         }
         let mut state = self.fetch_lock.lock().await;
         if self.attempts.load(Ordering::Acquire) == seen_attempts {
-            let min_interval = self.settings.min_refetch_interval;
-            if state
-                .last_miss_fetch
-                .is_some_and(|at| at.elapsed() < min_interval)
-            {
-                return;
+            if self.miss_answered_recently() {
+                return; // another miss was answered while this one queued
             }
-            state.last_miss_fetch = Some(Instant::now());
             // The outcome is recorded in the report; the caller re-reads the keys.
             let _ = self.fetch_locked(&mut state).await;
         } // else another request fetched while this one waited
