@@ -54,10 +54,14 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         .iter()
         .map(|(id, policy_state)| match policy_state {
             PolicyState::Accepted => json!({"policy": &**id, "state": "Accepted"}),
-            PolicyState::Invalid(errors) => json!({
+            PolicyState::Invalid {
+                errors,
+                serving_last_good,
+            } => json!({
                 "policy": &**id,
                 "state": "Invalid",
                 "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "servingLastGood": serving_last_good,
             }),
             PolicyState::HostConflict { host, winner } => json!({
                 "policy": &**id, "state": "HostConflict", "host": host, "winner": &**winner,

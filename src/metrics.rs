@@ -283,7 +283,7 @@ pub fn policies_published<'a>(states: impl IntoIterator<Item = &'a PolicyState>)
     for state in states {
         counts[match state {
             PolicyState::Accepted => 0,
-            PolicyState::Invalid(_) => 1,
+            PolicyState::Invalid { .. } => 1,
             PolicyState::HostConflict { .. } => 2,
         }] += 1;
     }

@@ -4,9 +4,10 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::credentials::{Credentials, CredentialsError, RequestHeader, credentials};
 use super::token_cache::{KeyBinding, PreparedToken, TokenCache};
 use crate::jwks::KeysUnavailable;
-use crate::policy::{CompiledRule, DefaultAction, Mode, RequestPath, ServedPolicy};
+use crate::policy::{AmbiguousPath, CompiledRule, DefaultAction, Mode, RequestPath, ServedPolicy};
 use crate::token::{TokenError, UnverifiedToken, unix_now};
 
 /// The parts of an HTTP request a decision reads.
@@ -18,8 +19,8 @@ pub struct HttpAttributes<'a> {
     pub method: &'a str,
     /// The `:path`, query included.
     pub path: &'a str,
-    /// The `Authorization` header, if any.
-    pub authorization: Option<&'a str>,
+    /// The `Authorization` header.
+    pub authorization: RequestHeader<'a>,
 }
 
 /// The outcome of a Check.
@@ -96,6 +97,17 @@ impl Denial {
         }
     }
 
+    fn invalid_request(error: CredentialsError) -> Self {
+        Denial {
+            status: 401,
+            error: Some("invalid_request"),
+            description: error.to_string().into(),
+            missing_scopes: None,
+            reason: error.label(),
+            rule: None,
+        }
+    }
+
     fn invalid_token(error: &TokenError) -> Self {
         Denial {
             status: 401,
@@ -122,33 +134,6 @@ impl Denial {
     fn with_rule(mut self, rule: Option<&CompiledRule>) -> Self {
         self.rule = rule.map(|r| r.name.clone());
         self
-    }
-}
-
-/// How the request presents its credentials.
-enum Credentials<'a> {
-    None,
-    Bearer(&'a str),
-    MalformedBearer,
-}
-
-/// Reads `Authorization: Bearer <token>`. The scheme is case-insensitive
-/// (RFC 7235); one or more spaces may follow it. Other schemes count as no
-/// bearer token.
-fn credentials(authorization: Option<&str>) -> Credentials<'_> {
-    let Some(value) = authorization else {
-        return Credentials::None;
-    };
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Credentials::None;
-    }
-    let token = rest.trim_start_matches(' ');
-    let token68 = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
-    if token.is_empty() || !token.bytes().all(token68) {
-        Credentials::MalformedBearer
-    } else {
-        Credentials::Bearer(token)
     }
 }
 
@@ -184,19 +169,20 @@ async fn enforce(
     request: &HttpAttributes<'_>,
 ) -> Result<Allowed, Rejection> {
     let policy = &served.policy;
-    let path = RequestPath::parse(request.path)
-        .map_err(|e| (Denial::forbidden("ambiguous_path", e.to_string()), None))?;
+    let ambiguous = |e: AmbiguousPath| (Denial::forbidden("ambiguous_path", e.to_string()), None);
+    let path = RequestPath::parse(request.path).map_err(ambiguous)?;
     let rule = policy
         .rules
         .iter()
         .find(|r| r.matches(request.method, &path));
-    let token = match credentials(request.authorization) {
+    if path.has_params() && !rule.is_some_and(|r| r.matrix_params) {
+        return Err(ambiguous(AmbiguousPath));
+    }
+    let presented = credentials(request.authorization)
+        .map_err(|e| (Denial::invalid_request(e).with_rule(rule), None))?;
+    let token = match presented {
         Credentials::None if rule.is_some_and(|r| r.anonymous) => return Ok(allowed(None, rule)),
         Credentials::None => return Err((Denial::no_token().with_rule(rule), None)),
-        Credentials::MalformedBearer => {
-            let error = TokenError::Malformed("bearer credentials are not a token");
-            return Err((Denial::invalid_token(&error).with_rule(rule), None));
-        }
         Credentials::Bearer(token) => verify(served, cache, token)
             .await
             .map_err(|denial| (denial.with_rule(rule), None))?,

@@ -15,6 +15,7 @@
 //! `reason`, `issuer`, `azp`), `scopegate_check_*` metrics and a decision log
 //! line (deny and audit would-deny at info, allow at debug).
 
+mod credentials;
 mod decision;
 pub mod response;
 pub mod token_cache;
@@ -33,6 +34,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+pub use credentials::RequestHeader;
 pub use decision::{Allowed, Decision, Denial, HttpAttributes, decide, verify};
 pub use token_cache::{PreparedToken, TokenCache, TokenCacheSettings};
 pub use trace_context::extract_parent;
@@ -268,31 +270,36 @@ impl Authorization for CheckService {
 }
 
 /// The `authorization` header.
-fn authorization_header(http: &HttpRequest) -> Option<&str> {
+fn authorization_header(http: &HttpRequest) -> RequestHeader<'_> {
     request_header(http, "authorization")
 }
 
 /// A request header by its lowercase name, from the header map Envoy sends
-/// (lowercase keys) or from `header_map` when Envoy sends raw headers. A
-/// header sent several times arrives comma-joined, or here as `","`: never
-/// a valid token or trace context.
-fn request_header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
+/// (lowercase keys, a repeated header comma-joined) or from `header_map`
+/// when Envoy sends raw headers (a repeated header as several entries). A
+/// raw value that is not UTF-8 counts as several: it is never a valid
+/// token or trace context, and never ignored.
+fn request_header<'a>(http: &'a HttpRequest, name: &str) -> RequestHeader<'a> {
     if let Some(value) = http.headers.get(name) {
-        return Some(value);
+        return RequestHeader::One(value);
     }
-    let raw = http.header_map.as_ref()?;
+    let Some(raw) = http.header_map.as_ref() else {
+        return RequestHeader::Absent;
+    };
     let mut values = raw
         .headers
         .iter()
         .filter(|h| h.key.eq_ignore_ascii_case(name));
-    let first = values.next()?;
+    let Some(first) = values.next() else {
+        return RequestHeader::Absent;
+    };
     if values.next().is_some() {
-        return Some(","); // several
+        return RequestHeader::Several;
     }
     if first.raw_value.is_empty() {
-        Some(&first.value)
+        RequestHeader::One(&first.value)
     } else {
-        std::str::from_utf8(&first.raw_value).ok()
+        std::str::from_utf8(&first.raw_value).map_or(RequestHeader::Several, RequestHeader::One)
     }
 }
 

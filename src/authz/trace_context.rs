@@ -32,7 +32,7 @@ struct Headers<'a>(&'a HttpRequest);
 
 impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        request_header(self.0, key)
+        request_header(self.0, key).single()
     }
 
     fn keys(&self) -> Vec<&str> {

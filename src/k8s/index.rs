@@ -1,10 +1,18 @@
 //! The in-memory index of `TokenPolicy` objects seen by the watchers.
 //!
 //! Watch events are applied here; each object's spec is compiled when it
-//! changes (not when only its status or metadata does), and
-//! [`PolicyIndex::candidates`] orders the compiled policies oldest first for
-//! [`crate::policy::PolicySnapshot::build`], so host conflicts resolve the
-//! same way on every replica.
+//! changes (not when only its status or metadata does). An object whose new
+//! spec does not compile keeps its last good compiled version, which goes on
+//! serving. [`PolicyIndex::candidates`] orders the objects by how long they
+//! have been servable, for [`crate::policy::PolicySnapshot::build`]: a host
+//! stays with the policy that could serve it first, and a policy that
+//! becomes valid later (created later, or fixed later) cannot take it.
+//!
+//! So that every replica resolves conflicts the same way, "servable since"
+//! is the creation time for an object that was valid when first seen, the
+//! time of the fix for one that was seen invalid, and objects whose status
+//! records a lost host conflict (the leader's decision, read by a replica
+//! that starts later) come after all others.
 
 use std::collections::BTreeMap;
 
@@ -50,8 +58,32 @@ pub struct IndexedPolicy {
     spec: TokenPolicySpec,
     /// The compilation result.
     pub compiled: Result<CompiledPolicy, Vec<FieldError>>,
+    /// The last version that compiled, kept while `compiled` is an error.
+    last_good: Option<CompiledPolicy>,
+    /// Since when the object has had a servable version: lower ranks own
+    /// contested hosts. `None` while it never compiled.
+    servable_since: Option<Rank>,
     /// The status as last seen on the object.
     pub status: Option<TokenPolicyStatus>,
+}
+
+impl IndexedPolicy {
+    fn is_servable(&self) -> bool {
+        self.compiled.is_ok() || self.last_good.is_some()
+    }
+
+    /// Whether the object's status says it lost a host conflict for its
+    /// current generation (what the leader decided before this replica
+    /// started).
+    fn recorded_host_conflict(&self) -> bool {
+        self.status.as_ref().is_some_and(|status| {
+            status.observed_generation == self.generation
+                && status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.reason == "HostConflict")
+        })
+    }
 }
 
 /// Which objects one watcher is responsible for: a relist of a scope
@@ -80,27 +112,60 @@ pub struct PolicyIndex {
     relisting: Vec<(Scope, Vec<TokenPolicy>)>,
 }
 
+/// An object's place in host ownership: earlier ranks win.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    /// The object's status, when first seen, recorded a lost host conflict.
+    lost_before: bool,
+    /// When it became servable (its creation, or the fix this index saw).
+    since: Option<k8s_openapi::jiff::Timestamp>,
+}
+
 impl PolicyIndex {
     /// Applies an added or modified object. Returns whether the served
     /// policy set may have changed (false when only status or unrelated
     /// metadata changed).
     pub fn apply(&mut self, policy: TokenPolicy) -> bool {
         let key = ObjectKey::of(&policy);
-        match self.objects.get_mut(&key) {
-            Some(existing)
+        let previous = match self.objects.remove(&key) {
+            Some(mut existing)
                 if existing.spec == policy.spec
                     && existing.created == policy.metadata.creation_timestamp =>
             {
                 existing.generation = policy.metadata.generation;
                 existing.status = policy.status;
-                false
+                self.objects.insert(key, existing);
+                return false;
             }
-            _ => {
-                let indexed = compile(&key, policy);
-                self.objects.insert(key, indexed);
-                true
+            // A deleted and re-created object starts anew.
+            Some(existing) if existing.created == policy.metadata.creation_timestamp => {
+                Some(existing)
             }
+            _ => None,
+        };
+        let mut indexed = compile(&key, policy);
+        let first_sight = previous.is_none();
+        if let Some(previous) = previous {
+            if indexed.compiled.is_err() {
+                indexed.last_good = previous.compiled.ok().or(previous.last_good);
+            }
+            indexed.servable_since = previous.servable_since;
         }
+        if indexed.servable_since.is_none() && indexed.is_servable() {
+            indexed.servable_since = Some(if first_sight {
+                Rank {
+                    lost_before: indexed.recorded_host_conflict(),
+                    since: indexed.created.as_ref().map(|t| t.0),
+                }
+            } else {
+                Rank {
+                    lost_before: false,
+                    since: Some(k8s_openapi::jiff::Timestamp::now()),
+                }
+            });
+        }
+        self.objects.insert(key, indexed);
+        true
     }
 
     /// Removes a deleted object. Returns whether it was known.
@@ -137,19 +202,21 @@ impl PolicyIndex {
         }
     }
 
-    /// Compiled policies ordered oldest first (creation time, then
-    /// namespace/name), ready for [`crate::policy::PolicySnapshot::build`].
+    /// Compiled policies in ownership order (servable longest first, then
+    /// creation time, then namespace/name; never-valid ones last), ready for
+    /// [`crate::policy::PolicySnapshot::build`].
     pub fn candidates(&self) -> Vec<Candidate> {
         let mut ordered: Vec<(&ObjectKey, &IndexedPolicy)> = self.objects.iter().collect();
-        ordered.sort_by(|(ka, a), (kb, b)| {
-            let time = |p: &IndexedPolicy| p.created.as_ref().map(|t| t.0);
-            time(a).cmp(&time(b)).then_with(|| ka.cmp(kb))
+        ordered.sort_by_key(|(key, p)| {
+            let never_valid = p.servable_since.is_none();
+            (never_valid, p.servable_since, *key)
         });
         ordered
             .into_iter()
             .map(|(key, indexed)| Candidate {
                 id: key.id(),
                 compiled: indexed.compiled.clone(),
+                last_good: indexed.last_good.clone(),
             })
             .collect()
     }
@@ -164,13 +231,15 @@ fn compile(key: &ObjectKey, policy: TokenPolicy) -> IndexedPolicy {
     let compiled = CompiledPolicy::compile(key.id(), &policy.spec);
     if let Err(errors) = &compiled {
         let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        tracing::warn!(policy = %key.id(), ?errors, "TokenPolicy does not compile; it is not served");
+        tracing::warn!(policy = %key.id(), ?errors, "TokenPolicy does not compile; its last valid version, if any, keeps serving");
     }
     IndexedPolicy {
         created: policy.metadata.creation_timestamp,
         generation: policy.metadata.generation,
         spec: policy.spec,
         compiled,
+        last_good: None,
+        servable_since: None,
         status: policy.status,
     }
 }
@@ -287,9 +356,111 @@ mod tests {
         index.apply(policy("a", "bad", 1, &[]));
         index.apply(policy("a", "good", 2, &["x.example.com"]));
         let states = states(&index);
+        assert_eq!(states[0], ("a/good".into(), PolicyState::Accepted));
         assert!(
-            matches!(&states[0].1, PolicyState::Invalid(errors) if errors[0].field == "spec.hosts")
+            matches!(&states[1], (id, PolicyState::Invalid { errors, serving_last_good: false })
+                if id == "a/bad" && errors[0].field == "spec.hosts"),
+            "never-valid policies come last: {states:?}"
         );
-        assert_eq!(states[1].1, PolicyState::Accepted);
+    }
+
+    /// `policy` with the spec changed to one that does not compile.
+    fn broken(mut object: TokenPolicy) -> TokenPolicy {
+        object.spec.issuer.audiences.clear();
+        object.metadata.generation = Some(2);
+        object
+    }
+
+    #[test]
+    fn an_invalid_edit_keeps_serving_the_last_good_version_and_its_hosts() {
+        let mut index = PolicyIndex::default();
+        let owner = policy("a", "owner", 10, &["x.example.com"]);
+        index.apply(owner.clone());
+        index.apply(policy("b", "rival", 20, &["x.example.com"]));
+        assert!(index.apply(broken(owner)));
+        let snapshot_states = states(&index);
+        assert!(
+            matches!(&snapshot_states[0], (id, PolicyState::Invalid { errors, serving_last_good: true })
+                if id == "a/owner" && errors[0].field == "spec.issuer.audiences"),
+            "{snapshot_states:?}"
+        );
+        assert_eq!(
+            snapshot_states[1].1,
+            PolicyState::HostConflict {
+                host: "x.example.com".into(),
+                winner: "a/owner".into()
+            },
+            "the rival does not get the host of an owner that turned invalid"
+        );
+        let candidates = index.candidates();
+        assert!(candidates[0].last_good.is_some());
+    }
+
+    #[test]
+    fn a_policy_fixed_later_does_not_take_hosts_from_one_that_served_meanwhile() {
+        let mut index = PolicyIndex::default();
+        let early = policy("a", "early", 10, &["x.example.com"]);
+        index.apply(broken(early.clone()));
+        index.apply(policy("b", "later", 20, &["x.example.com"]));
+        let mut fixed = early;
+        fixed.metadata.generation = Some(3);
+        index.apply(fixed);
+        let states = states(&index);
+        assert_eq!(states[0], ("b/later".into(), PolicyState::Accepted));
+        assert_eq!(
+            states[1],
+            (
+                "a/early".into(),
+                PolicyState::HostConflict {
+                    host: "x.example.com".into(),
+                    winner: "b/later".into()
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn a_replica_that_starts_later_keeps_the_recorded_winner() {
+        let mut loser = policy("a", "early", 10, &["x.example.com"]);
+        loser.status = Some(TokenPolicyStatus {
+            observed_generation: Some(1),
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: "HostConflict".into(),
+                message: "host x.example.com is already claimed by policy b/later".into(),
+                observed_generation: Some(1),
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+            }],
+            jwks: None,
+        });
+        let mut index = PolicyIndex::default();
+        let scope = Scope::All;
+        index.start_relist(scope.clone());
+        index.relisted(&scope, loser);
+        index.relisted(&scope, policy("b", "later", 20, &["x.example.com"]));
+        index.finish_relist(&scope);
+        assert_eq!(states(&index)[0], ("b/later".into(), PolicyState::Accepted));
+    }
+
+    #[test]
+    fn a_newer_host_under_an_older_wildcard_of_another_namespace_conflicts() {
+        let mut index = PolicyIndex::default();
+        index.apply(policy("corp", "wide", 10, &["*.corp.example.com"]));
+        index.apply(policy("team", "pay", 20, &["pay.corp.example.com"]));
+        index.apply(policy("corp", "same-ns", 30, &["hr.corp.example.com"]));
+        let states = states(&index);
+        assert_eq!(
+            states[1].1,
+            PolicyState::HostConflict {
+                host: "pay.corp.example.com".into(),
+                winner: "corp/wide".into()
+            }
+        );
+        assert_eq!(
+            states[2].1,
+            PolicyState::Accepted,
+            "same namespace may carve out"
+        );
     }
 }

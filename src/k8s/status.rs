@@ -19,6 +19,10 @@ use crate::policy::{PolicyState, SnapshotHandle, TokenPolicy};
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "scopegate";
 
+/// How long a written status is not rewritten while the watch has not
+/// echoed it yet; entries older than this are pruned.
+const ECHO_WAIT: Duration = Duration::from_secs(5);
+
 /// The status `indexed` should have, given its state in the snapshot and its
 /// issuer's key cache. `lastTransitionTime` is kept from the current
 /// condition while the condition's status does not change.
@@ -29,15 +33,25 @@ pub fn desired_status(
     now: SystemTime,
 ) -> TokenPolicyStatus {
     let (ready, reason, message) = match (state, jwks) {
-        (PolicyState::Invalid(errors), _) => (
-            false,
-            "Invalid",
-            errors
+        (
+            PolicyState::Invalid {
+                errors,
+                serving_last_good,
+            },
+            _,
+        ) => {
+            let errors = errors
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
-                .join("; "),
-        ),
+                .join("; ");
+            let message = if *serving_last_good {
+                format!("{errors} (the last valid version keeps serving)")
+            } else {
+                errors
+            };
+            (false, "Invalid", message)
+        }
         (PolicyState::HostConflict { host, winner }, _) => (
             false,
             "HostConflict",
@@ -139,6 +153,7 @@ impl StatusWriter {
         &self,
         recently_written: &mut HashMap<ObjectKey, (TokenPolicyStatus, Instant)>,
     ) {
+        recently_written.retain(|_, (_, at)| at.elapsed() < ECHO_WAIT);
         for (key, status) in self.pending(recently_written) {
             let api: Api<TokenPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
             let patch = serde_json::json!({
@@ -187,7 +202,7 @@ impl StatusWriter {
                 let unchanged = indexed.status.as_ref() == Some(&desired);
                 let just_written = recently_written
                     .get(key)
-                    .is_some_and(|(s, at)| *s == desired && at.elapsed() < Duration::from_secs(5));
+                    .is_some_and(|(s, at)| *s == desired && at.elapsed() < ECHO_WAIT);
                 (!unchanged && !just_written).then(|| (key.clone(), desired))
             })
             .collect()
@@ -257,13 +272,20 @@ mod tests {
         );
         assert_eq!(ready(&unavailable), ("False", "JwksUnavailable", "refused"));
 
-        let invalid = PolicyState::Invalid(vec![FieldError {
-            field: "spec.hosts".into(),
-            message: "empty".into(),
-        }]);
+        let invalid = |serving_last_good| PolicyState::Invalid {
+            errors: vec![FieldError {
+                field: "spec.hosts".into(),
+                message: "empty".into(),
+            }],
+            serving_last_good,
+        };
         assert_eq!(
-            ready(&desired_status(&policy, &invalid, None, now)),
+            ready(&desired_status(&policy, &invalid(false), None, now)),
             ("False", "Invalid", "spec.hosts: empty")
+        );
+        assert_eq!(
+            ready(&desired_status(&policy, &invalid(true), None, now)).2,
+            "spec.hosts: empty (the last valid version keeps serving)"
         );
 
         let conflict = PolicyState::HostConflict {

@@ -49,14 +49,17 @@ pub struct CompiledRule {
     pub allowed_clients: Option<Box<[Box<str>]>>,
     /// No token needed.
     pub anonymous: bool,
+    /// Paths with `;` parameters may match this rule.
+    pub matrix_params: bool,
 }
 
 impl CompiledRule {
-    /// Whether this rule applies to the request.
+    /// Whether this rule applies to the request: the method compared
+    /// case-insensitively, the path by segments.
     pub fn matches(&self, method: &str, path: &super::RequestPath<'_>) -> bool {
         self.methods
             .as_ref()
-            .is_none_or(|methods| methods.iter().any(|m| **m == *method))
+            .is_none_or(|methods| methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
             && self
                 .paths
                 .as_ref()
@@ -310,6 +313,7 @@ fn compile_rule(index: usize, rule: &RuleSpec, errors: &mut Errors) -> CompiledR
         require_scopes: boxed_strs(&rule.require_scopes),
         allowed_clients: rule.allowed_clients.as_deref().map(boxed_strs),
         anonymous: rule.anonymous,
+        matrix_params: rule.matrix_params,
     }
 }
 

@@ -218,10 +218,7 @@ fn check_unique_and_disjoint(loaded: &[LoadedPolicy], errors: &mut Vec<FileError
     }
     let candidates = loaded
         .iter()
-        .map(|p| Candidate {
-            id: p.policy.id.clone(),
-            compiled: Ok(p.policy.clone()),
-        })
+        .map(|p| Candidate::new(p.policy.id.clone(), Ok(p.policy.clone())))
         .collect();
     for ((_, state), p) in PolicySnapshot::states_of(candidates).iter().zip(loaded) {
         if let PolicyState::HostConflict { host, winner } = state {
@@ -229,7 +226,7 @@ fn check_unique_and_disjoint(loaded: &[LoadedPolicy], errors: &mut Vec<FileError
                 &p.file,
                 p.document,
                 "spec.hosts",
-                format!("host {host:?} is already claimed by policy {winner}"),
+                format!("host {host:?} overlaps a host of policy {winner} (another namespace: only one policy may serve a host)"),
             ));
         }
     }
@@ -259,10 +256,7 @@ pub fn load_and_publish(
     let count = loaded.len();
     let candidates = loaded
         .into_iter()
-        .map(|l| Candidate {
-            id: l.policy.id.clone(),
-            compiled: Ok(l.policy),
-        })
+        .map(|l| Candidate::new(l.policy.id.clone(), Ok(l.policy)))
         .collect();
     handle.publish(PolicySnapshot::build(candidates, registry));
     Ok(count)

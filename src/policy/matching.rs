@@ -45,6 +45,19 @@ impl HostPattern {
             HostPattern::Exact(name.into())
         })
     }
+
+    /// The wildcard patterns that match every host this pattern matches,
+    /// most specific first: `*.corp.example.com` and `*.example.com` (and
+    /// `*.com`) for `pay.corp.example.com` or `*.pay.corp.example.com`.
+    pub fn covering_wildcards(&self) -> impl Iterator<Item = HostPattern> + '_ {
+        let name = match self {
+            HostPattern::Exact(host) => &host[..],
+            // ".pay.corp.example.com": the suffixes after the first label.
+            HostPattern::Wildcard(suffix) => &suffix[1..],
+        };
+        name.match_indices('.')
+            .map(move |(i, _)| HostPattern::Wildcard(name[i..].into()))
+    }
 }
 
 impl std::fmt::Display for HostPattern {
@@ -130,7 +143,7 @@ impl PathPattern {
                     }
                 }
                 Segment::Literal(literal) => {
-                    if request.next() != Some(&&**literal) {
+                    if request.next().map(|s| &**s) != Some(&**literal) {
                         return false;
                     }
                 }
@@ -140,17 +153,25 @@ impl PathPattern {
     }
 }
 
-/// A request path split into segments: query and fragment dropped, empty
-/// segments (`//`) merged.
+/// A request path as the upstream will route it, split into segments:
+/// query and fragment dropped, empty segments (`//`) merged,
+/// percent-encoded unreserved characters (RFC 3986 §2.3) decoded, and `;`
+/// path parameters (`/admin;x/users`) cut off each segment, as servlet
+/// containers do. Whether there were any is kept: only a rule with
+/// `matrixParams: true` matches such a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestPath<'a> {
-    segments: Vec<&'a str>,
+    segments: Vec<Cow<'a, str>>,
+    has_params: bool,
 }
 
 /// The request path could be read differently by the upstream than by the
-/// policy (dot segments, encoded `/`, `\` or `.`), so no rule may match it.
+/// policy (dot segments, encoded `/`, `\` or `.`-segments, invalid escapes),
+/// so no rule may match it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("request path is not normalized; enable path normalization in the proxy")]
+#[error(
+    "the request path is ambiguous (dot segments, encoded separators, invalid escapes or ';' parameters); send it normalized"
+)]
 pub struct AmbiguousPath;
 
 impl<'a> RequestPath<'a> {
@@ -158,26 +179,71 @@ impl<'a> RequestPath<'a> {
     pub fn parse(path: &'a str) -> Result<Self, AmbiguousPath> {
         let end = path.find(['?', '#']).unwrap_or(path.len());
         let path = &path[..end];
-        if path.contains('\\') || has_encoded_separator(path) {
+        if path.contains('\\') {
             return Err(AmbiguousPath);
         }
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        if segments.iter().any(|s| *s == "." || *s == "..") {
-            return Err(AmbiguousPath);
+        let mut has_params = false;
+        let mut segments = Vec::new();
+        for raw in path.split('/') {
+            let segment = match raw.split_once(';') {
+                Some((before, _)) => {
+                    has_params = true;
+                    before
+                }
+                None => raw,
+            };
+            let segment = decode_unreserved(segment)?;
+            if segment == "." || segment == ".." {
+                return Err(AmbiguousPath);
+            }
+            if !segment.is_empty() {
+                segments.push(segment);
+            }
         }
-        Ok(RequestPath { segments })
+        Ok(RequestPath {
+            segments,
+            has_params,
+        })
+    }
+
+    /// Whether a segment carried `;` parameters.
+    pub fn has_params(&self) -> bool {
+        self.has_params
     }
 }
 
-/// `%2f`, `%5c` or `%2e` in any case.
-fn has_encoded_separator(path: &str) -> bool {
-    path.as_bytes().windows(3).any(|w| {
-        w[0] == b'%'
-            && matches!(
-                (w[1], w[2].to_ascii_lowercase()),
-                (b'2', b'f') | (b'5', b'c') | (b'2', b'e')
-            )
-    })
+/// Decodes `%XX` escapes of unreserved characters; other escapes stay as
+/// they are (their meaning is the upstream's). An escape of `/` or `\`, or
+/// one that is not two hex digits, makes the path ambiguous.
+fn decode_unreserved(segment: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
+    if !segment.contains('%') {
+        return Ok(Cow::Borrowed(segment));
+    }
+    let bytes = segment.as_bytes();
+    let mut out = String::with_capacity(segment.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            let next = segment[i + 1..]
+                .find('%')
+                .map_or(bytes.len(), |n| i + 1 + n);
+            out.push_str(&segment[i..next]);
+            i = next;
+            continue;
+        }
+        let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+        let (Some(high), Some(low)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) else {
+            return Err(AmbiguousPath);
+        };
+        let byte = (high * 16 + low) as u8;
+        match byte {
+            b'/' | b'\\' => return Err(AmbiguousPath),
+            b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => out.push(char::from(b)),
+            _ => out.push_str(&segment[i..i + 3]),
+        }
+        i += 3;
+    }
+    Ok(Cow::Owned(out))
 }
 
 #[cfg(test)]
@@ -238,13 +304,44 @@ mod tests {
             "/public/../admin",
             "/./x",
             "/a%2fb",
-            "/a%2Eb",
+            "/a/%2E%2e/b",
+            "/a/%2e",
             "/a\\b",
             "/a%5C",
+            "/a%zz",
+            "/a%2",
+            "/a%",
+            "/admin/..;/x",
         ] {
             assert_eq!(RequestPath::parse(path), Err(AmbiguousPath), "{path}");
         }
         assert!(RequestPath::parse("/a/b%20c?x=../y").is_ok());
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_before_matching() {
+        assert!(matches("/admin/**", "/%61dmin/users"));
+        assert!(
+            !matches("/admin/**", "/%41dmin/users"),
+            "paths are case-sensitive"
+        );
+        assert!(matches("/a.b/*", "/a%2eb/x"));
+        assert!(matches("/v1/~me", "/v1/%7Eme"));
+        // Reserved and other bytes keep their escapes: their meaning is the upstream's.
+        assert!(matches("/a%20b", "/a%20b"));
+        assert!(!matches("/a b", "/a%20b"));
+    }
+
+    #[test]
+    fn path_parameters_are_cut_off_and_remembered() {
+        let path = RequestPath::parse("/admin;x/users;jsessionid=1").unwrap();
+        assert!(path.has_params());
+        assert!(PathPattern::parse("/admin/users").unwrap().matches(&path));
+        let path = RequestPath::parse("/admin;/users").unwrap();
+        assert!(path.has_params());
+        assert!(PathPattern::parse("/admin/*").unwrap().matches(&path));
+        assert!(!RequestPath::parse("/admin/users").unwrap().has_params());
+        assert!(!RequestPath::parse("/admin?a=b;c").unwrap().has_params());
     }
 
     #[test]

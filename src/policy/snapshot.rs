@@ -62,15 +62,34 @@ impl std::fmt::Debug for JwksCache {
 pub enum PolicyState {
     /// Compiled and serving all its hosts.
     Accepted,
-    /// The spec does not compile.
-    Invalid(Vec<FieldError>),
-    /// An older policy already claims one of its hosts; this one serves none.
+    /// The spec does not compile. A policy that compiled before keeps its
+    /// hosts and serves its last good version; one that never compiled
+    /// serves and claims nothing.
+    Invalid {
+        /// What is wrong with the current spec.
+        errors: Vec<FieldError>,
+        /// Whether the last good version keeps serving.
+        serving_last_good: bool,
+    },
+    /// An older policy already covers one of its hosts (see
+    /// [`PolicySnapshot::build`]); this one serves none.
     HostConflict {
-        /// The contested host pattern.
+        /// The contested host pattern of this policy.
         host: String,
         /// The policy that keeps it.
         winner: PolicyId,
     },
+}
+
+impl PolicyState {
+    /// The `Ready` reason this state is reported with.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PolicyState::Accepted => "Accepted",
+            PolicyState::Invalid { .. } => "Invalid",
+            PolicyState::HostConflict { .. } => "HostConflict",
+        }
+    }
 }
 
 /// A policy offered to [`PolicySnapshot::build`].
@@ -78,8 +97,22 @@ pub enum PolicyState {
 pub struct Candidate {
     /// `namespace/name`.
     pub id: PolicyId,
-    /// The compilation result.
+    /// The compilation result of the current spec.
     pub compiled: Result<CompiledPolicy, Vec<FieldError>>,
+    /// The last version that compiled, served (and owning its hosts) while
+    /// the current spec is invalid.
+    pub last_good: Option<CompiledPolicy>,
+}
+
+impl Candidate {
+    /// A candidate with no earlier version.
+    pub fn new(id: PolicyId, compiled: Result<CompiledPolicy, Vec<FieldError>>) -> Self {
+        Candidate {
+            id,
+            compiled,
+            last_good: None,
+        }
+    }
 }
 
 /// Policies in force, indexed by host, plus the state of every candidate.
@@ -92,10 +125,12 @@ pub struct PolicySnapshot {
 }
 
 impl PolicySnapshot {
-    /// Indexes `candidates`, which must be ordered oldest first: on a host
-    /// conflict the earlier candidate keeps the host and the later one is not
-    /// served. Key caches come from `registry` (shared with the previous
-    /// snapshot where the source is unchanged).
+    /// Indexes `candidates`, which must be in ownership order (the policy
+    /// that has served longest first): a host an earlier candidate covers
+    /// stays with it, and a later candidate that claims it is not served
+    /// (`HostConflict`). An invalid candidate serves its last good version,
+    /// if it has one. Key caches come from `registry` (shared with the
+    /// previous snapshot where the source is unchanged).
     pub fn build(candidates: Vec<Candidate>, registry: &JwksRegistry) -> Self {
         let (accepted, states) = assign_hosts(candidates);
         let mut snapshot = PolicySnapshot {
@@ -151,35 +186,74 @@ impl PolicySnapshot {
 }
 
 /// Splits candidates into the policies that are served (in order) and the
-/// state of every candidate. Earlier candidates win host conflicts.
+/// state of every candidate. Candidates come in ownership order (oldest
+/// first): each one may claim only hosts that no earlier served policy
+/// covers (see [`HostOwners::contested`]).
 fn assign_hosts(candidates: Vec<Candidate>) -> (Vec<CompiledPolicy>, Vec<(PolicyId, PolicyState)>) {
     let mut accepted = Vec::with_capacity(candidates.len());
     let mut states = Vec::with_capacity(candidates.len());
-    let mut owners: HashMap<HostPattern, PolicyId> = HashMap::new();
+    let mut owners = HostOwners::default();
     for candidate in candidates {
-        let state = match candidate.compiled {
-            Err(errors) => PolicyState::Invalid(errors),
-            Ok(policy) => match policy
-                .hosts
-                .iter()
-                .find_map(|h| owners.get(h).map(|w| (h, w)))
-            {
-                Some((host, winner)) => PolicyState::HostConflict {
-                    host: host.to_string(),
-                    winner: winner.clone(),
-                },
-                None => {
-                    for host in &policy.hosts {
-                        owners.insert(host.clone(), policy.id.clone());
-                    }
-                    accepted.push(policy);
-                    PolicyState::Accepted
-                }
-            },
+        let (serving, invalid) = match candidate.compiled {
+            Ok(policy) => (Some(policy), None),
+            Err(errors) => (candidate.last_good, Some(errors)),
         };
+        let conflict = serving.as_ref().and_then(|policy| owners.contested(policy));
+        let serves = serving.is_some() && conflict.is_none();
+        let state = match (invalid, conflict) {
+            // A last good version that lost its hosts (only possible when
+            // an older policy appeared meanwhile) serves nothing.
+            (Some(errors), _) => PolicyState::Invalid {
+                errors,
+                serving_last_good: serves,
+            },
+            (None, Some((host, winner))) => PolicyState::HostConflict { host, winner },
+            (None, None) => PolicyState::Accepted,
+        };
+        if let Some(policy) = serving.filter(|_| serves) {
+            owners.claim(&policy);
+            accepted.push(policy);
+        }
         states.push((candidate.id, state));
     }
     (accepted, states)
+}
+
+/// The host patterns claimed so far, with the policy (and its namespace)
+/// that owns each.
+#[derive(Default)]
+struct HostOwners(HashMap<HostPattern, PolicyId>);
+
+impl HostOwners {
+    /// The first of `policy`'s hosts that an owner already covers, with
+    /// that owner: the same pattern (whoever owns it), or a more specific
+    /// one under an owner's wildcard (`pay.corp.example.com` or
+    /// `*.pay.corp.example.com` under `*.corp.example.com`) unless both
+    /// policies are in the same namespace. A new wildcard over an owned
+    /// exact host is no conflict: lookup prefers the exact host.
+    fn contested(&self, policy: &CompiledPolicy) -> Option<(String, PolicyId)> {
+        let namespace = namespace_of(&policy.id);
+        policy.hosts.iter().find_map(|host| {
+            if let Some(owner) = self.0.get(host) {
+                return Some((host.to_string(), owner.clone()));
+            }
+            host.covering_wildcards()
+                .find_map(|wildcard| self.0.get(&wildcard))
+                .filter(|owner| namespace_of(owner) != namespace)
+                .map(|owner| (host.to_string(), owner.clone()))
+        })
+    }
+
+    fn claim(&mut self, policy: &CompiledPolicy) {
+        for host in &policy.hosts {
+            self.0.insert(host.clone(), policy.id.clone());
+        }
+    }
+}
+
+/// The namespace part of a `namespace/name` id.
+fn namespace_of(id: &str) -> &str {
+    id.split_once('/').map_or("", |(namespace, _)| namespace)
 }
 
 /// The shared, atomically swapped current snapshot. Readers never block.

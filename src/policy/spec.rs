@@ -141,6 +141,12 @@ pub struct RuleSpec {
     /// No token needed (a token, if sent, is still validated).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub anonymous: bool,
+    /// Also match paths with `;` parameters (`/files;v=2/a`), compared
+    /// with the parameters cut off. Off by default: such a path is denied
+    /// as ambiguous (servlet containers strip the parameters, so
+    /// `/admin;x/users` would reach `/admin/users` past an `/admin/**` rule).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub matrix_params: bool,
 }
 
 /// What happens to a request that no rule matches.

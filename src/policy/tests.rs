@@ -13,10 +13,13 @@ fn spec(hosts: &[&str]) -> TokenPolicySpec {
 
 fn candidate(name: &str, hosts: &[&str]) -> Candidate {
     let id: PolicyId = format!("ns/{name}").into();
-    Candidate {
-        compiled: CompiledPolicy::compile(id.clone(), &spec(hosts)),
-        id,
-    }
+    Candidate::new(id.clone(), CompiledPolicy::compile(id, &spec(hosts)))
+}
+
+/// A candidate in namespace `ns`.
+fn candidate_in(ns: &str, name: &str, hosts: &[&str]) -> Candidate {
+    let id: PolicyId = format!("{ns}/{name}").into();
+    Candidate::new(id.clone(), CompiledPolicy::compile(id, &spec(hosts)))
 }
 
 #[test]
@@ -62,13 +65,17 @@ fn invalid_policies_report_every_field_and_do_not_block_others() {
     let mut bad = spec(&[]);
     bad.issuer.audiences.clear();
     let states = PolicySnapshot::states_of(vec![
-        Candidate {
-            id: "ns/bad".into(),
-            compiled: CompiledPolicy::compile("ns/bad".into(), &bad),
-        },
+        Candidate::new(
+            "ns/bad".into(),
+            CompiledPolicy::compile("ns/bad".into(), &bad),
+        ),
         candidate("good", &["a.example.com"]),
     ]);
-    let PolicyState::Invalid(errors) = &states[0].1 else {
+    let PolicyState::Invalid {
+        errors,
+        serving_last_good: false,
+    } = &states[0].1
+    else {
         panic!("{states:?}")
     };
     let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
@@ -114,4 +121,91 @@ async fn policies_with_the_same_issuer_share_one_key_cache() {
     let served = snapshot.served();
     assert!(std::sync::Arc::ptr_eq(&served[0].keys, &served[1].keys));
     assert_eq!(registry.states().len(), 1);
+}
+
+#[tokio::test]
+async fn a_newer_policy_cannot_carve_a_host_out_of_an_older_wildcard() {
+    let registry = crate::jwks::JwksRegistry::new(Default::default());
+    let snapshot = PolicySnapshot::build(
+        vec![
+            candidate_in("corp", "wide", &["*.corp.example.com"]),
+            candidate_in("team", "exact", &["pay.corp.example.com"]),
+            candidate_in("team", "nested", &["*.eu.corp.example.com"]),
+            candidate_in("team", "uncle", &["corp.example.com"]),
+        ],
+        &registry,
+    );
+    let states = snapshot.states();
+    for (i, host) in [(1, "pay.corp.example.com"), (2, "*.eu.corp.example.com")] {
+        assert_eq!(
+            states[i].1,
+            PolicyState::HostConflict {
+                host: host.into(),
+                winner: "corp/wide".into()
+            }
+        );
+    }
+    assert_eq!(states[3].1, PolicyState::Accepted, "not under the wildcard");
+    let owner = |host: &str| snapshot.lookup(host).map(|p| p.policy.id.to_string());
+    assert_eq!(owner("pay.corp.example.com").as_deref(), Some("corp/wide"));
+    assert_eq!(owner("a.eu.corp.example.com").as_deref(), Some("corp/wide"));
+}
+
+#[tokio::test]
+async fn an_older_exact_host_stays_with_its_owner_under_a_newer_wildcard() {
+    let registry = crate::jwks::JwksRegistry::new(Default::default());
+    let snapshot = PolicySnapshot::build(
+        vec![
+            candidate_in("team", "exact", &["pay.corp.example.com"]),
+            candidate_in("corp", "wide", &["*.corp.example.com"]),
+        ],
+        &registry,
+    );
+    assert!(
+        snapshot
+            .states()
+            .iter()
+            .all(|(_, s)| *s == PolicyState::Accepted)
+    );
+    let owner = |host: &str| snapshot.lookup(host).map(|p| p.policy.id.to_string());
+    assert_eq!(owner("pay.corp.example.com").as_deref(), Some("team/exact"));
+    assert_eq!(owner("hr.corp.example.com").as_deref(), Some("corp/wide"));
+}
+
+#[test]
+fn the_same_pattern_conflicts_even_within_a_namespace() {
+    let states = PolicySnapshot::states_of(vec![
+        candidate_in("corp", "a", &["*.corp.example.com"]),
+        candidate_in("corp", "b", &["*.corp.example.com"]),
+    ]);
+    assert!(matches!(states[1].1, PolicyState::HostConflict { .. }));
+}
+
+#[test]
+fn a_never_valid_policy_claims_nothing_and_a_broken_one_keeps_its_hosts() {
+    let mut bad = spec(&["x.example.com"]);
+    bad.issuer.audiences.clear();
+    let last_good = CompiledPolicy::compile("a/owner".into(), &spec(&["x.example.com"])).unwrap();
+    let broken = |last_good| Candidate {
+        id: "a/owner".into(),
+        compiled: CompiledPolicy::compile("a/owner".into(), &bad),
+        last_good,
+    };
+    let states = PolicySnapshot::states_of(vec![
+        broken(None),
+        candidate_in("b", "rival", &["x.example.com"]),
+    ]);
+    assert_eq!(states[1].1, PolicyState::Accepted);
+    let states = PolicySnapshot::states_of(vec![
+        broken(Some(last_good)),
+        candidate_in("b", "rival", &["x.example.com"]),
+    ]);
+    assert!(matches!(
+        states[0].1,
+        PolicyState::Invalid {
+            serving_last_good: true,
+            ..
+        }
+    ));
+    assert!(matches!(states[1].1, PolicyState::HostConflict { .. }));
 }
