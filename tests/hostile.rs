@@ -82,6 +82,7 @@ fn corpus(issuer: &str, attacker: &str) -> Vec<(String, String)> {
         ("x5c with garbage", bearer(attacker_key.sign_with_header(
             &json!({"alg": "RS256", "x5c": ["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"]}), &claims(issuer)))),
         ("crit with an unknown extension", bearer(with_header(issuer, json!({"alg": "RS256", "kid": "key-a", "crit": ["exp"], "exp": 1})))),
+        ("crit null", bearer(with_header(issuer, json!({"alg": "RS256", "kid": "key-a", "crit": null})))),
         ("crit b64=false", bearer(with_header(issuer, json!({"alg": "RS256", "kid": "key-a", "crit": ["b64"], "b64": false})))),
         ("duplicate alg in the header", bearer(raw_signed(r#"{"alg":"RS256","kid":"key-a","alg":"none"}"#, &claims(issuer).to_string()))),
         ("duplicate sub in the payload", bearer(raw_signed(r#"{"alg":"RS256","kid":"key-a"}"#,
@@ -115,7 +116,6 @@ fn corpus(issuer: &str, attacker: &str) -> Vec<(String, String)> {
         ("signature re-encoded with other trailing bits", bearer(reencode_last_char(&good))),
         ("signature truncated", bearer(good[..good.len() - 4].to_string())),
         ("Bearer with an empty token", "Bearer ".into()),
-        ("Bearer then a tab", format!("Bearer\t{good}")),
         ("two Authorization headers (as Envoy joins them)", format!("Bearer {good},Bearer {good}")),
     ];
     cases.push((
@@ -183,13 +183,15 @@ async fn every_hostile_token_is_a_clean_401() {
 
 #[tokio::test]
 async fn accepted_variations_of_the_bearer_scheme() {
-    // RFC 7235: the scheme is case-insensitive and one or more spaces follow it.
+    // RFC 9110 §11: the scheme is case-insensitive; DESIGN §4: any
+    // whitespace separates it from the token.
     let (jwks, sg) = standard_with(vec![KEY_A.jwk()]).await;
     let good = KEY_A.sign(&claims(&jwks.issuer()));
     for authorization in [
         format!("bearer {good}"),
         format!("BEARER {good}"),
         format!("Bearer  {good}"),
+        format!("Bearer\t{good}"),
     ] {
         let checked = sg
             .check("GET", "/orders", &[("authorization", &authorization)])
@@ -200,31 +202,14 @@ async fn accepted_variations_of_the_bearer_scheme() {
 
 #[tokio::test]
 async fn duplicate_authorization_headers_in_raw_header_map_are_rejected() {
-    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
     let (jwks, sg) = standard_with(vec![KEY_A.jwk()]).await;
-    let good = KEY_A.sign(&claims(&jwks.issuer()));
-    let mut request = check_request(HOST, "GET", "/orders", &[], Default::default());
-    let http = request
-        .attributes
-        .as_mut()
-        .unwrap()
-        .request
-        .as_mut()
-        .unwrap()
-        .http
-        .as_mut()
-        .unwrap();
-    let header = |value: &str| HeaderValue {
-        key: "authorization".into(),
-        value: value.into(),
-        ..Default::default()
-    };
-    http.header_map = Some(HeaderMap {
-        headers: vec![
-            header(&format!("Bearer {good}")),
-            header(&format!("Bearer {good}")),
-        ],
-    });
+    let good = format!("Bearer {}", KEY_A.sign(&claims(&jwks.issuer())));
+    let request = check_request_raw(
+        HOST,
+        "GET",
+        "/orders",
+        &[("authorization", &good), ("authorization", &good)],
+    );
     let checked = sg.send(request).await;
     assert_eq!(checked.http_status(), 401);
 }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::matching::{HostPattern, PathPattern};
-use super::spec::{DefaultAction, Mode, RuleSpec, TokenPolicySpec};
+use super::spec::{DefaultAction, Mode, RuleSpec, TokenPolicySpec, is_reserved_header};
 use crate::jwks::JwksSource;
 use crate::token::{Algorithm, AlgorithmSet, IssuerRules};
 
@@ -90,23 +90,6 @@ impl fmt::Display for FieldError {
         write!(f, "{}: {}", self.field, self.message)
     }
 }
-
-/// Header names a policy may not set: hop-by-hop, routing and credential
-/// headers, and Envoy's own.
-const RESERVED_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "host",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "content-type",
-];
 
 impl CompiledPolicy {
     /// Compiles `spec`, collecting every error rather than stopping at the
@@ -328,7 +311,7 @@ fn check_header_name(name: &str) -> Result<(), String> {
     if !name.bytes().all(token_char) {
         return Err(format!("{name:?} is not a valid HTTP header name"));
     }
-    if RESERVED_HEADERS.contains(&name) || name.starts_with("x-envoy-") {
+    if is_reserved_header(name) {
         return Err(format!(
             "{name:?} is reserved and cannot be set from a claim"
         ));

@@ -180,7 +180,7 @@ pub struct ClaimHeaderSpec {
         length(min = 1, max = 128),
         regex(pattern = r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
     )]
-    #[x_kube(validation = Rule::new(NOT_RESERVED_HEADER).message("this header is reserved and cannot be set from a claim"))]
+    #[x_kube(validation = Rule::new(not_reserved_header_cel()).message("this header is reserved and cannot be set from a claim"))]
     pub header: String,
     /// Top-level claim name (e.g. `sub`, `azp`, `https://example.com/email`).
     #[schemars(length(min = 1, max = 256))]
@@ -193,8 +193,52 @@ const FETCHED_OVER_HTTPS: &str = r"(has(self.jwksUri) ? self.jwksUri : self.url)
 /// CEL: `anonymous: true` excludes `requireScopes` and `allowedClients`.
 const ANONYMOUS_ALONE: &str = "!has(self.anonymous) || !self.anonymous || ((!has(self.requireScopes) || size(self.requireScopes) == 0) && !has(self.allowedClients))";
 
-/// CEL: the reserved header names of [`super::compile`], kept in sync by a test.
-pub(crate) const NOT_RESERVED_HEADER: &str = "!(self in ['authorization', 'proxy-authorization', 'cookie', 'host', 'connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length', 'content-type']) && !self.startsWith('x-envoy-')";
+/// Header names a policy may not set from a claim: credentials, hop-by-hop
+/// and routing headers, and the client-address headers proxies own.
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "content-type",
+    "forwarded",
+    "x-real-ip",
+    "dpop",
+];
+
+/// Prefixes of header names a policy may not set: Envoy's own and the
+/// `x-forwarded-*` family (`-for`, `-client-cert`, `-proto`, `-host`, …).
+const RESERVED_HEADER_PREFIXES: &[&str] = &["x-envoy-", "x-forwarded-"];
+
+/// Whether a (lowercase) header name is reserved.
+pub(crate) fn is_reserved_header(name: &str) -> bool {
+    RESERVED_HEADERS.contains(&name)
+        || RESERVED_HEADER_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+}
+
+/// The CEL rule the CRD checks [`is_reserved_header`] with, built from the
+/// same lists.
+fn not_reserved_header_cel() -> String {
+    let names = RESERVED_HEADERS
+        .iter()
+        .map(|name| format!("'{name}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let prefixes = RESERVED_HEADER_PREFIXES
+        .iter()
+        .map(|prefix| format!(" && !self.startsWith('{prefix}')"))
+        .collect::<String>();
+    format!("!(self in [{names}]){prefixes}")
+}
 
 /// What scopegate reports about a policy.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

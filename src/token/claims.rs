@@ -111,12 +111,20 @@ impl VerifiedToken {
             .or_else(|| self.string_claim("client_id"))
     }
 
-    /// A claim rendered as a header value: strings as they are, numbers and
-    /// booleans in JSON form, arrays of strings space-separated. A value with
-    /// non-ASCII characters is sent as an RFC 8187 ext-value
-    /// (`UTF-8''jos%C3%A9`). Objects, nulls and values that would be unsafe in
-    /// a header (control characters, over 4 KiB) give `None`, so the header is
-    /// removed instead.
+    /// A claim rendered as a header value, so that two different values of
+    /// one JSON type never render the same header value (also when the
+    /// upstream decodes RFC 8187):
+    /// - a string as it is, unless it has non-ASCII characters or could
+    ///   itself be read as an RFC 8187 ext-value (`UTF-8''jos%C3%A9`); then
+    ///   as an ext-value of its exact text;
+    /// - numbers and booleans in JSON form;
+    /// - an array of single words (non-empty strings without whitespace that
+    ///   are not ext-value look-alikes) space-separated, as an ext-value if
+    ///   any word is non-ASCII.
+    ///
+    /// Objects, nulls, arrays with other elements (`["a b"]` would read as
+    /// `["a", "b"]`) and values that would be unsafe in a header (control
+    /// characters, over 4 KiB) give `None`, so the header is removed instead.
     pub fn header_value(&self, claim: &str) -> Option<Cow<'_, str>> {
         const MAX_HEADER_VALUE: usize = 4096;
         let rendered: Cow<'_, str> = match self.claims.get(claim)? {
@@ -126,7 +134,7 @@ impl VerifiedToken {
             Value::Array(items) => Cow::Owned(
                 items
                     .iter()
-                    .map(Value::as_str)
+                    .map(|item| item.as_str().filter(|word| is_single_word(word)))
                     .collect::<Option<Vec<_>>>()?
                     .join(" "),
             ),
@@ -135,7 +143,7 @@ impl VerifiedToken {
         if rendered.chars().any(char::is_control) {
             return None;
         }
-        let value = if rendered.is_ascii() {
+        let value = if rendered.is_ascii() && !could_be_ext_value(&rendered) {
             rendered
         } else {
             Cow::Owned(rfc8187_ext_value(&rendered))
@@ -158,6 +166,26 @@ impl VerifiedToken {
         scopes.dedup();
         Scopes(scopes)
     }
+}
+
+/// An array element that renders unambiguously when space-joined.
+fn is_single_word(word: &str) -> bool {
+    !word.is_empty() && !word.contains(char::is_whitespace) && !could_be_ext_value(word)
+}
+
+/// Whether an upstream could read `value` as an RFC 8187 ext-value:
+/// `charset'[language]'…` with a token charset (`UTF-8''…`, `iso-8859-1'en'…`).
+fn could_be_ext_value(value: &str) -> bool {
+    let Some((charset, rest)) = value.split_once('\'') else {
+        return false;
+    };
+    let mime_charset = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&+-^_`{}~".contains(&b);
+    let language = |b: u8| b.is_ascii_alphanumeric() || b == b'-';
+    !charset.is_empty()
+        && charset.bytes().all(mime_charset)
+        && rest
+            .split_once('\'')
+            .is_some_and(|(lang, _)| lang.bytes().all(language))
 }
 
 /// `UTF-8''` followed by the value with every byte outside RFC 8187's

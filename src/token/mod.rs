@@ -123,8 +123,14 @@ struct JoseHeader {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
-    #[serde(default)]
-    crit: Option<serde_json::Value>,
+    /// Whether `crit` is present at all: any value, `null` included, names
+    /// extensions scopegate does not understand (RFC 7515 §4.1.11).
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(value: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(value).map(|_| true)
 }
 
 impl<'a> UnverifiedToken<'a> {
@@ -160,7 +166,7 @@ impl<'a> UnverifiedToken<'a> {
         if !allowed.contains(algorithm) {
             return Err(TokenError::AlgorithmNotAllowed(algorithm));
         }
-        if header.crit.is_some() {
+        if header.crit {
             return Err(TokenError::CriticalHeader);
         }
         Ok(UnverifiedToken {
@@ -233,8 +239,9 @@ pub fn validate_unsigned_claims_for_fuzzing(
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        // A clock before 1970 is broken: every token then reads as expired
+        // (fail closed), never as not expired.
+        .map_or(u64::MAX, |d| d.as_secs())
 }
 
 #[cfg(test)]

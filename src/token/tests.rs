@@ -251,3 +251,37 @@ fn header_values_from_claims_are_safe() {
         assert_eq!(token.header_value(unsafe_claim), None, "{unsafe_claim}");
     }
 }
+
+/// Finding 5 of the security review: `UTF-8''jos%C3%A9` (ASCII) rendered
+/// the same `x-user-id` as `josé`, and `["a b"]` the same as `["a", "b"]`.
+#[test]
+fn two_different_claim_values_never_render_the_same_header_value() {
+    let token = verify(&SIGNER.sign(&json!({
+        "iss": ISSUER, "aud": AUDIENCE, "exp": NOW + 300,
+        "accented": "josé", "lookalike": "UTF-8''jos%C3%A9", "lower": "utf-8'en'x",
+        "words": ["a", "b"], "spaced": ["a b"], "empty": [""], "sneaky": ["UTF-8''a"],
+        "quote": "it's", "accented_words": ["josé", "b"],
+    })))
+    .unwrap();
+    let value = |claim| token.header_value(claim).map(|v| v.into_owned());
+    assert_eq!(value("accented").as_deref(), Some("UTF-8''jos%C3%A9"));
+    assert_eq!(
+        value("lookalike").as_deref(),
+        Some("UTF-8''UTF-8%27%27jos%25C3%25A9"),
+        "an ASCII value that reads as an ext-value is encoded too"
+    );
+    assert_eq!(value("lower").as_deref(), Some("UTF-8''utf-8%27en%27x"));
+    assert_eq!(
+        value("quote").as_deref(),
+        Some("it's"),
+        "one quote is no ext-value"
+    );
+    assert_eq!(value("words").as_deref(), Some("a b"));
+    for ambiguous in ["spaced", "empty", "sneaky"] {
+        assert_eq!(value(ambiguous), None, "{ambiguous}");
+    }
+    assert_eq!(
+        value("accented_words").as_deref(),
+        Some("UTF-8''jos%C3%A9%20b")
+    );
+}

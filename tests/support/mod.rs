@@ -615,6 +615,35 @@ pub fn check_request(
     }
 }
 
+/// A CheckRequest whose headers come only in the raw `header_map` (as
+/// Envoy sends them with `encode_raw_headers`), repeated names kept.
+pub fn check_request_raw(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    let mut request = check_request(host, method, path, &[], HashMap::new());
+    let http = request
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .expect("check_request builds HTTP attributes");
+    http.header_map = Some(HeaderMap {
+        headers: headers
+            .iter()
+            .map(|(key, value)| HeaderValue {
+                key: key.to_string(),
+                raw_value: value.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .collect(),
+    });
+    request
+}
+
 /// A CheckResponse with assertion helpers.
 #[derive(Debug)]
 pub struct Checked(pub CheckResponse);
