@@ -112,6 +112,10 @@ struct ServeArgs {
     /// Most verified tokens kept in the token cache (0 disables it).
     #[arg(long, env = "SCOPEGATE_TOKEN_CACHE_SIZE", default_value_t = 100_000)]
     token_cache_size: u64,
+    /// Most memory the token cache's entries may take, counted from each entry's real size: bytes, or
+    /// with a Ki/Mi/Gi suffix (0 disables the cache).
+    #[arg(long, env = "SCOPEGATE_TOKEN_CACHE_MAX_BYTES", default_value = "64Mi", value_parser = parse_byte_size)]
+    token_cache_max_bytes: u64,
     /// Longest a verified token is reused without verifying it again (never past its `exp`; 0 disables the cache).
     #[arg(long, env = "SCOPEGATE_TOKEN_CACHE_MAX_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     token_cache_max_ttl: Duration,
@@ -241,6 +245,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         token_cache: TokenCacheSettings {
             max_entries: args.token_cache_size,
+            max_bytes: args.token_cache_max_bytes,
             max_ttl: args.token_cache_max_ttl,
         },
         startup_key_wait: args.startup_key_wait,
@@ -415,4 +420,49 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     s.split_once(':')
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .ok_or_else(|| format!("expected name:value, got {s:?}"))
+}
+
+/// A size in bytes: a number, optionally followed by `Ki`, `Mi` or `Gi`
+/// (`KiB`, `MiB`, `GiB` too), as in Kubernetes resource quantities.
+fn parse_byte_size(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let digits = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(digits);
+    let shift = match unit {
+        "" => 0,
+        "Ki" | "KiB" => 10,
+        "Mi" | "MiB" => 20,
+        "Gi" | "GiB" => 30,
+        _ => {
+            return Err(format!(
+                "{value:?}: expected bytes, or a number with Ki, Mi or Gi (e.g. 64Mi)"
+            ));
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| {
+            format!("{value:?}: expected bytes, or a number with Ki, Mi or Gi (e.g. 64Mi)")
+        })
+}
+
+#[cfg(test)]
+mod byte_size_tests {
+    use super::parse_byte_size;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_byte_size("0"), Ok(0));
+        assert_eq!(parse_byte_size("1024"), Ok(1024));
+        assert_eq!(parse_byte_size("64Mi"), Ok(64 << 20));
+        assert_eq!(parse_byte_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_byte_size("2Gi"), Ok(2 << 30));
+        for bad in ["", "Mi", "64M", "64 Mi", "-1", "1B"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -86,6 +86,24 @@ static METRICS: OnceLock<Metrics> = OnceLock::new();
 /// cache's series disappear).
 static JWKS_CACHES: Mutex<Vec<Weak<JwksCache>>> = Mutex::new(Vec::new());
 
+/// The token cache whose size the `scopegate_token_cache_{bytes,entries}`
+/// gauges report (the last one given; held weakly).
+static TOKEN_CACHE: Mutex<Option<Weak<crate::authz::TokenCache>>> = Mutex::new(None);
+
+/// Reports `cache`'s size as `scopegate_token_cache_bytes` and
+/// `scopegate_token_cache_entries` for as long as it lives.
+pub fn watch_token_cache(cache: &Arc<crate::authz::TokenCache>) {
+    *TOKEN_CACHE.lock().expect("never poisoned") = Some(Arc::downgrade(cache));
+}
+
+fn live_token_cache() -> Option<Arc<crate::authz::TokenCache>> {
+    TOKEN_CACHE
+        .lock()
+        .expect("never poisoned")
+        .as_ref()?
+        .upgrade()
+}
+
 /// The runtime whose live tasks `scopegate_runtime_tasks` counts.
 static RUNTIME: OnceLock<tokio::runtime::Handle> = OnceLock::new();
 
@@ -191,6 +209,26 @@ fn register_observed_gauges(meter: &Meter) {
         .with_callback(|observer| {
             if let Some(runtime) = RUNTIME.get() {
                 observer.observe(runtime.metrics().num_alive_tasks() as u64, &[]);
+            }
+        })
+        .build();
+    meter
+        .u64_observable_gauge("scopegate.token_cache.bytes")
+        .with_description(
+            "Bytes the verified-token cache holds, counted against --token-cache-max-bytes.",
+        )
+        .with_callback(|observer| {
+            if let Some(cache) = live_token_cache() {
+                observer.observe(cache.weighted_bytes(), &[]);
+            }
+        })
+        .build();
+    meter
+        .u64_observable_gauge("scopegate.token_cache.entries")
+        .with_description("Entries in the verified-token cache.")
+        .with_callback(|observer| {
+            if let Some(cache) = live_token_cache() {
+                observer.observe(cache.entry_count(), &[]);
             }
         })
         .build();

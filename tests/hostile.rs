@@ -4,14 +4,10 @@
 
 mod support;
 
-use std::sync::LazyLock;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
 use support::*;
-
-static EC: LazyLock<EcKey> = LazyLock::new(|| EcKey::generate("ec-1"));
 
 /// `header.payload.signature` from raw JSON texts (to express duplicate
 /// keys and other things `serde_json::Value` cannot hold), RS256-signed by

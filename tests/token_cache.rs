@@ -248,3 +248,101 @@ async fn a_zero_max_ttl_turns_the_cache_off() {
     assert_eq!(hits(&sg), 0);
     assert_eq!(sg.running.token_cache().entry_count(), 0);
 }
+
+/// Claims of a valid token padded so that its compact form is close to
+/// 16 KiB, the largest token scopegate accepts; `n` makes each one distinct.
+fn large_claims(issuer: &str, n: usize) -> serde_json::Value {
+    let mut claims = claims(issuer);
+    claims["jti"] = json!(format!("flood-{n}"));
+    // base64url grows the payload by 4/3: 11.5 KiB of claims ≈ 15.5 KiB.
+    claims["padding"] = json!("p".repeat(11_500));
+    claims
+}
+
+/// Sends `count` distinct, valid, ~16 KiB tokens to the real binary, 8 at a
+/// time, and checks every one is allowed.
+async fn flood(sg: &support::process::ScopegateProcess, issuer: &str, count: usize) {
+    let client = sg.client().await;
+    let chunks: Vec<Vec<usize>> = (0..count)
+        .collect::<Vec<_>>()
+        .chunks(count.div_ceil(8))
+        .map(<[usize]>::to_vec)
+        .collect();
+    let tasks = chunks.into_iter().map(|chunk| {
+        let mut client = client.clone();
+        let issuer = issuer.to_string();
+        tokio::spawn(async move {
+            for n in chunk {
+                let token = EC.sign(&large_claims(&issuer, n));
+                assert!(
+                    token.len() > 15 * 1024 && token.len() <= 16 * 1024,
+                    "{}",
+                    token.len()
+                );
+                let response = client
+                    .check(bearer_request(&token))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(Checked(response).http_status(), 200);
+            }
+        })
+    });
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// Finding 6 of the security review: the cache was bounded by entry count
+/// only (~3.3 KiB per Auth0-shaped entry, far more for large tokens), so a
+/// flood of large valid tokens grew every replica until it was OOM-killed.
+/// Now each entry weighs its real size against `--token-cache-max-bytes`.
+#[tokio::test]
+async fn finding_6_a_flood_of_large_valid_tokens_stays_within_the_byte_budget() {
+    const BUDGET: f64 = 8.0 * 1024.0 * 1024.0;
+    let jwks = JwksServer::start(vec![EC.jwk()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
+    let sg = support::process::ScopegateProcess::serve_policy(
+        dir.path(),
+        &policy,
+        &["--token-cache-max-bytes", "8Mi"],
+        |_| {},
+    )
+    .await;
+    sg.wait_for_jwks_attempts_above(0).await;
+    flood(&sg, &jwks.issuer(), 100).await; // warm up allocator and connections
+    let before = sg.resources().await;
+
+    // 1,500 entries of ~35 KiB (token + parsed claims) would be ~50 MiB.
+    flood(&sg, &jwks.issuer(), 1_500).await;
+    let held = sg
+        .metric("scopegate_token_cache_bytes")
+        .await
+        .expect("the bytes gauge");
+    let entries = sg
+        .metric("scopegate_token_cache_entries")
+        .await
+        .expect("the entries gauge");
+    let after = sg.resources().await;
+    let grown = after.rss_bytes - before.rss_bytes;
+    println!(
+        "held {:.1} MiB in {entries} entries ({:.1} KiB each); RSS {:.1} → {:.1} MiB",
+        held / 1048576.0,
+        held / entries / 1024.0,
+        before.rss_bytes / 1048576.0,
+        after.rss_bytes / 1048576.0
+    );
+    assert!(held <= BUDGET, "{held} bytes held");
+    assert!(held >= BUDGET / 2.0, "the cache is used: {held} bytes held");
+    assert!(
+        held / entries >= 16.0 * 1024.0,
+        "an entry weighs at least its token: {held} bytes in {entries} entries"
+    );
+    assert!(
+        grown < 3.0 * BUDGET,
+        "RSS grew by {:.1} MiB for a {:.0} MiB budget",
+        grown / 1048576.0,
+        BUDGET / 1048576.0
+    );
+}

@@ -18,6 +18,12 @@
 //! attacker cannot fill the cache with garbage: only tokens that verify are
 //! inserted, and the cache's TinyLFU admission keeps frequently used entries
 //! when it is full.
+//!
+//! The cache is bounded by bytes as well as by entries: each entry weighs
+//! its real size ([`Entry::bytes`]: the token, the claims as parsed, the
+//! prepared scopes and the bookkeeping), but at least `max_bytes /
+//! max_entries`, so one budget enforces both bounds. A flood of large valid
+//! tokens evicts entries instead of growing the process.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -35,6 +41,9 @@ use crate::token::{Algorithm, VerifiedToken};
 pub struct TokenCacheSettings {
     /// Most entries held; 0 disables the cache.
     pub max_entries: u64,
+    /// Most bytes the entries may take (their counted size); 0 disables the
+    /// cache.
+    pub max_bytes: u64,
     /// Longest an entry lives, whatever the token's `exp`; zero disables the
     /// cache.
     pub max_ttl: Duration,
@@ -44,15 +53,27 @@ impl Default for TokenCacheSettings {
     fn default() -> Self {
         TokenCacheSettings {
             max_entries: 100_000,
+            max_bytes: DEFAULT_MAX_BYTES,
             max_ttl: Duration::from_secs(300),
         }
     }
 }
 
+/// The default byte budget: 64 MiB. With the chart's 256 MiB memory limit
+/// it leaves room for 10,000 policies, the runtime and allocator slack
+/// under a flood of 16 KiB tokens (measured in docs/security.md).
+pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
 impl TokenCacheSettings {
     /// Whether these settings turn the cache on.
     pub fn enabled(&self) -> bool {
-        self.max_entries > 0 && !self.max_ttl.is_zero()
+        self.max_entries > 0 && self.max_bytes > 0 && !self.max_ttl.is_zero()
+    }
+
+    /// The least an entry weighs, so that `max_bytes` also bounds the
+    /// number of entries by `max_entries`.
+    fn min_entry_bytes(&self) -> u32 {
+        u32::try_from(self.max_bytes.div_ceil(self.max_entries.max(1))).unwrap_or(u32::MAX)
     }
 }
 
@@ -87,6 +108,18 @@ impl PreparedToken {
     pub fn scope_line(&self) -> &str {
         &self.scope_line
     }
+
+    /// Bytes this value holds, itself included.
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.token.heap_bytes()
+            + self
+                .scopes
+                .iter()
+                .map(|s| s.len() + std::mem::size_of::<Box<str>>())
+                .sum::<usize>()
+            + self.scope_line.len()
+    }
 }
 
 impl Deref for PreparedToken {
@@ -116,9 +149,25 @@ struct Entry {
     valid_until: u64,
     /// How long the cache keeps it (the same bound, as a duration).
     lifetime: Duration,
+    /// What it weighs in the byte budget.
+    weight: u32,
 }
 
+/// Per-entry bookkeeping of the cache itself (its node, the key's and the
+/// entry's `Arc`s, the expiry timer), measured roughly for moka 0.12.
+const CACHE_NODE_BYTES: usize = 256;
+
 impl Entry {
+    /// The entry's real size: the key (the token), the entry, the prepared
+    /// token with its parsed claims, and the cache's own bookkeeping.
+    fn bytes(token: &str, prepared: &PreparedToken, key: &KeyBinding) -> usize {
+        token.len()
+            + std::mem::size_of::<Entry>()
+            + prepared.heap_bytes()
+            + key.kid.as_ref().map_or(0, |kid| kid.len())
+            + CACHE_NODE_BYTES
+    }
+
     fn still_valid(&self, verification: &Arc<Verification>, keys: &JwksCache, now: u64) -> bool {
         now < self.valid_until
             && (Arc::ptr_eq(&self.verification, verification)
@@ -135,6 +184,8 @@ type Entries = moka::sync::Cache<Box<str>, Arc<Entry>, foldhash::fast::RandomSta
 /// The cache, with hit and miss counters. Cheap to share behind an `Arc`.
 pub struct TokenCache {
     entries: Option<Entries>,
+    /// See [`TokenCacheSettings::min_entry_bytes`].
+    min_entry_bytes: u32,
     max_ttl: Duration,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -179,12 +230,14 @@ impl TokenCache {
     pub fn new(settings: TokenCacheSettings) -> Self {
         let entries = settings.enabled().then(|| {
             moka::sync::Cache::builder()
-                .max_capacity(settings.max_entries)
+                .max_capacity(settings.max_bytes)
+                .weigher(|_: &Box<str>, entry: &Arc<Entry>| entry.weight)
                 .expire_after(EntryLifetime)
                 .build_with_hasher(foldhash::fast::RandomState::default())
         });
         TokenCache {
             entries,
+            min_entry_bytes: settings.min_entry_bytes(),
             max_ttl: settings.max_ttl,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -195,6 +248,7 @@ impl TokenCache {
     pub fn disabled() -> Self {
         TokenCache::new(TokenCacheSettings {
             max_entries: 0,
+            max_bytes: 0,
             max_ttl: Duration::ZERO,
         })
     }
@@ -254,12 +308,17 @@ impl TokenCache {
         if lifetime.is_zero() {
             return;
         }
+        let bytes = Entry::bytes(token, &prepared, &key);
+        let weight = u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .max(self.min_entry_bytes);
         let entry = Entry {
             prepared,
             verification,
             key,
             valid_until: now.saturating_add(lifetime.as_secs()),
             lifetime,
+            weight,
         };
         entries.insert(token.into(), Arc::new(entry));
     }
@@ -280,6 +339,15 @@ impl TokenCache {
         self.entries.as_ref().map_or(0, |e| {
             e.run_pending_tasks();
             e.entry_count()
+        })
+    }
+
+    /// Bytes the entries weigh against the budget (approximate, like
+    /// [`TokenCache::entry_count`]): `scopegate_token_cache_bytes`.
+    pub fn weighted_bytes(&self) -> u64 {
+        self.entries.as_ref().map_or(0, |e| {
+            e.run_pending_tasks();
+            e.weighted_size()
         })
     }
 }

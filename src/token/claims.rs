@@ -90,6 +90,12 @@ impl VerifiedToken {
         &self.claims
     }
 
+    /// Heap bytes the parsed claims hold (an estimate of serde_json's
+    /// layout: each map entry's key and value, each string's bytes).
+    pub fn heap_bytes(&self) -> usize {
+        map_bytes(&self.claims)
+    }
+
     /// `exp`, in seconds since the Unix epoch.
     pub fn expires_at(&self) -> u64 {
         self.expires_at
@@ -165,6 +171,34 @@ impl VerifiedToken {
         scopes.sort_unstable();
         scopes.dedup();
         Scopes(scopes)
+    }
+}
+
+/// Bytes a JSON map holds: per entry, its key string, its value and the
+/// tree node's share (about two words).
+fn map_bytes(map: &Map<String, Value>) -> usize {
+    const NODE_SHARE: usize = 2 * std::mem::size_of::<usize>();
+    map.iter()
+        .map(|(name, value)| {
+            std::mem::size_of::<String>()
+                + name.len()
+                + std::mem::size_of::<Value>()
+                + NODE_SHARE
+                + value_bytes(value)
+        })
+        .sum()
+}
+
+/// Heap bytes behind one JSON value.
+fn value_bytes(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => s.len(),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| std::mem::size_of::<Value>() + value_bytes(item))
+            .sum(),
+        Value::Object(map) => map_bytes(map),
     }
 }
 
