@@ -35,7 +35,7 @@ fn validate_accepts_the_examples() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "ok: 2 policies"
+        "ok: 3 policies"
     );
 }
 
