@@ -89,10 +89,11 @@ struct ServeArgs {
     /// Kubeconfig for --kubernetes (default: KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, env = "SCOPEGATE_KUBECONFIG", requires = "kubernetes")]
     kubeconfig: Option<PathBuf>,
-    /// Namespace of the status writer's leader-election Lease (default: POD_NAMESPACE or the pod's namespace).
+    /// Namespace of the status writer's leader-election Lease (default: POD_NAMESPACE, the service
+    /// account's namespace, else `default`).
     #[arg(long, env = "SCOPEGATE_LEADER_ELECTION_NAMESPACE")]
     leader_election_namespace: Option<String>,
-    /// Name of the status writer's leader-election Lease (the chart sets `<release>-status-writer`).
+    /// Name of the status writer's leader-election Lease (the chart sets `<release fullname>-status-writer`).
     #[arg(
         long,
         env = "SCOPEGATE_LEADER_ELECTION_LEASE",
@@ -363,7 +364,10 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let response = client.check(request).await?.into_inner();
     print_decision(&response);
     let allowed = response.status.as_ref().is_some_and(|s| s.code == 0);
-    let denied = matches!(response.http_response, Some(HttpResponse::DeniedResponse(_)));
+    let denied = matches!(
+        response.http_response,
+        Some(HttpResponse::DeniedResponse(_))
+    );
     match (allowed, denied) {
         (true, false) => Ok(ExitCode::SUCCESS),
         (false, true) => Ok(ExitCode::FAILURE),

@@ -283,7 +283,11 @@ mod tests {
 
     #[test]
     fn a_url_in_hosts_is_named_as_one() {
-        for url in ["https://x.example.com/", "x.example.com/api", "*.example.com/"] {
+        for url in [
+            "https://x.example.com/",
+            "x.example.com/api",
+            "*.example.com/",
+        ] {
             let error = HostPattern::parse(url).unwrap_err();
             assert!(error.contains("not a URL"), "{url}: {error}");
         }
