@@ -334,7 +334,7 @@ def check_rbac_watch_namespaces(objects: list[dict[str, Any]]) -> None:
                 f"namespace {ns} does not get exactly the ClusterRole's rules of manifests/rbac.yaml")
     leases = {tuple(rule) for scope, *rule in got if scope == "(own namespace)"}
     require(leases and all(group == "coordination.k8s.io" for group, *_ in leases), "leases role in the release namespace")
-    require(env_of(objects)["SCOPEGATE_NAMESPACES"] == "shop,payments", "SCOPEGATE_NAMESPACES")
+    require(env_of(objects)["SCOPEGATE_NAMESPACE"] == "shop,payments", "SCOPEGATE_NAMESPACE")
 
 
 def check_default_set(objects: list[dict[str, Any]]) -> None:
@@ -342,7 +342,7 @@ def check_default_set(objects: list[dict[str, Any]]) -> None:
     require(one(objects, "Deployment")["spec"]["replicas"] == 2, "2 replicas by default")
     require(not by_kind(objects, "HorizontalPodAutoscaler"), "no HPA by default")
     require(not by_kind(objects, "ServiceMonitor") and not by_kind(objects, "NetworkPolicy"), "optional objects off by default")
-    require("SCOPEGATE_NAMESPACES" not in env_of(objects), "all namespaces by default")
+    require("SCOPEGATE_NAMESPACE" not in env_of(objects), "all namespaces by default")
     check_rbac_matches_manifest(objects)
 
 
@@ -413,13 +413,21 @@ def check_notes() -> None:
 
 
 def check_istio_manifests() -> None:
-    mesh = yaml.safe_load((ROOT / "manifests/istio/mesh-config-patch.yaml").read_text())
+    """One mesh-config file per tool, each in the shape its tool reads: the
+    istiod chart's values (top-level meshConfig) and an IstioOperator overlay
+    (spec.meshConfig), registering the same provider."""
+    values = yaml.safe_load((ROOT / "manifests/istio/istiod-values.yaml").read_text())
+    overlay = yaml.safe_load((ROOT / "manifests/istio/istiooperator-overlay.yaml").read_text())
     policy = yaml.safe_load((ROOT / "manifests/istio/authorizationpolicy.yaml").read_text())
-    [provider] = mesh["spec"]["meshConfig"]["extensionProviders"]
+    require(set(values) == {"meshConfig"}, f"istiod-values.yaml: only meshConfig at the top, found {sorted(values)}")
+    require(overlay.get("kind") == "IstioOperator" and set(overlay["spec"]) == {"meshConfig"},
+            "istiooperator-overlay.yaml: an IstioOperator with only spec.meshConfig")
+    [provider] = values["meshConfig"]["extensionProviders"]
+    require(overlay["spec"]["meshConfig"] == values["meshConfig"], "the two mesh-config files register different providers")
     grpc = provider["envoyExtAuthzGrpc"]
     service = one([d for d in yaml.safe_load_all(INSTALL.read_text()) if d], "Service")
-    require(grpc["service"] == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local", "mesh patch service FQDN vs install.yaml")
-    require(grpc["port"] == 9001 and grpc["failOpen"] is False, "mesh patch port / failOpen")
+    require(grpc["service"] == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local", "mesh config service FQDN vs install.yaml")
+    require(grpc["port"] == 9001 and grpc["failOpen"] is False, "mesh config port / failOpen")
     require(policy["spec"]["action"] == "CUSTOM" and policy["spec"]["provider"]["name"] == provider["name"], "AuthorizationPolicy")
 
 

@@ -132,7 +132,12 @@ fn main() {
 
     // Off first, while no exporting subscriber exists: the Check span's
     // callsite is then cached as disabled, as in production.
-    let off = tracing::Dispatch::new(telemetry::subscriber(LogFormat::Json, None, std::io::sink));
+    let off = tracing::Dispatch::new(telemetry::subscriber(
+        LogFormat::Json,
+        false,
+        None,
+        std::io::sink,
+    ));
     bench_mode(&mut c, &runtime, "telemetry_off", &service, &requests, &off);
 
     let (receiver, addr) = runtime.block_on(start_receiver());
@@ -146,6 +151,7 @@ fn main() {
     });
     let on = tracing::Dispatch::new(telemetry::subscriber(
         LogFormat::Json,
+        false,
         Some(&provider),
         std::io::sink,
     ));

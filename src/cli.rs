@@ -1,5 +1,7 @@
 //! The command line: `serve`, `validate`, `mint`, `check`, `crd`. Every flag
-//! can also be set with a `SCOPEGATE_*` environment variable.
+//! `--some-flag` can also be set with the environment variable
+//! `SCOPEGATE_SOME_FLAG` (a test below holds every flag to that rule and to
+//! its row in the README).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,6 +39,7 @@ enum Command {
     /// Run the ext_authz gRPC service and the admin HTTP server.
     Serve(Box<ServeArgs>),
     /// Parse and compile policy files; print `file:document: field: message` for each problem.
+    #[command(after_help = "Exit status: 0 all valid, 1 problems found, 2 usage error.")]
     Validate {
         /// Policy files or directories.
         #[arg(required = true)]
@@ -45,6 +48,9 @@ enum Command {
     /// Get a signed token from a dev issuer (development only).
     Mint(MintArgs),
     /// Send one CheckRequest and print the decision.
+    #[command(
+        after_help = "Exit status: 0 allow, 1 deny, 2 no decision (scopegate unreachable, a gRPC error, an answer that is neither, or a usage error)."
+    )]
     Check(CheckArgs),
     /// Print the TokenPolicy CustomResourceDefinition as YAML.
     Crd,
@@ -58,27 +64,36 @@ struct ServeArgs {
     /// Admin HTTP address (/healthz, /readyz, /metrics).
     #[arg(long, env = "SCOPEGATE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     admin_listen: SocketAddr,
-    /// Policy file or directory (repeatable; comma-separated in the env var). Watched and hot-reloaded.
-    #[arg(long = "policies", env = "SCOPEGATE_POLICIES", value_delimiter = ',')]
+    /// Policy files or directories (several after one flag, the flag repeated, or comma-separated in
+    /// the env var). Watched and hot-reloaded.
+    #[arg(
+        long = "policies",
+        env = "SCOPEGATE_POLICIES",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
     policies: Vec<PathBuf>,
     /// Watch TokenPolicy objects in the cluster instead of files.
     #[arg(long, env = "SCOPEGATE_KUBERNETES", conflicts_with = "policies")]
     kubernetes: bool,
-    /// Namespace to watch with --kubernetes (repeatable; default: all).
+    /// Namespaces to watch with --kubernetes (several after one flag, the flag repeated, or
+    /// comma-separated in the env var; default: all).
     #[arg(
         long = "namespace",
-        env = "SCOPEGATE_NAMESPACES",
+        env = "SCOPEGATE_NAMESPACE",
         value_delimiter = ',',
+        num_args = 1..,
         requires = "kubernetes"
     )]
     namespaces: Vec<String>,
     /// Kubeconfig for --kubernetes (default: KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, env = "SCOPEGATE_KUBECONFIG", requires = "kubernetes")]
     kubeconfig: Option<PathBuf>,
-    /// Namespace of the status writer's leader-election Lease (default: POD_NAMESPACE or the pod's namespace).
+    /// Namespace of the status writer's leader-election Lease (default: POD_NAMESPACE, the service
+    /// account's namespace, else `default`).
     #[arg(long, env = "SCOPEGATE_LEADER_ELECTION_NAMESPACE")]
     leader_election_namespace: Option<String>,
-    /// Name of the leader-election Lease.
+    /// Name of the status writer's leader-election Lease (the chart sets `<release fullname>-status-writer`).
     #[arg(
         long,
         env = "SCOPEGATE_LEADER_ELECTION_LEASE",
@@ -141,19 +156,20 @@ struct MintArgs {
     #[arg(long, env = "SCOPEGATE_ISSUER")]
     issuer: String,
     /// `sub`.
-    #[arg(long, default_value = "dev-user")]
+    #[arg(long, env = "SCOPEGATE_SUB", default_value = "dev-user")]
     sub: String,
-    /// `aud` (repeatable).
-    #[arg(long)]
+    /// `aud` (repeatable; comma-separated in the env var).
+    #[arg(long, env = "SCOPEGATE_AUD", value_delimiter = ',')]
     aud: Vec<String>,
     /// `scope`, space-separated.
-    #[arg(long)]
+    #[arg(long, env = "SCOPEGATE_SCOPE")]
     scope: Option<String>,
     /// Lifetime (e.g. 30s, 1h).
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SCOPEGATE_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
-    /// Extra claim `name=value`; a value that parses as JSON is used as JSON (repeatable).
-    #[arg(long = "claim", value_parser = parse_key_value)]
+    /// Extra claim `name=value`; a value that parses as JSON is used as JSON (repeatable; the env
+    /// var holds one, since JSON values contain commas).
+    #[arg(long = "claim", env = "SCOPEGATE_CLAIM", value_parser = parse_key_value)]
     claims: Vec<(String, String)>,
 }
 
@@ -163,22 +179,28 @@ struct CheckArgs {
     #[arg(long, env = "SCOPEGATE_ADDR", default_value = "127.0.0.1:9001")]
     addr: String,
     /// Request host (`:authority`).
-    #[arg(long)]
+    #[arg(long, env = "SCOPEGATE_HOST")]
     host: String,
     /// HTTP method.
-    #[arg(long, default_value = "GET")]
+    #[arg(long, env = "SCOPEGATE_METHOD", default_value = "GET")]
     method: String,
     /// Request path (query included).
-    #[arg(long, default_value = "/")]
+    #[arg(long, env = "SCOPEGATE_PATH", default_value = "/")]
     path: String,
-    /// Bearer token (sets `authorization: Bearer …`).
-    #[arg(long)]
+    /// Bearer token (sets `authorization: Bearer …`); the env var keeps it out of the process list.
+    #[arg(long, env = "SCOPEGATE_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Extra request header `name:value` (repeatable).
-    #[arg(long = "header", value_parser = parse_header)]
+    /// Extra request header `name:value` (repeatable; the env var holds one, since header values
+    /// contain commas).
+    #[arg(long = "header", env = "SCOPEGATE_HEADER", value_parser = parse_header)]
     headers: Vec<(String, String)>,
-    /// `context_extensions` entry `key=value`, as Envoy's per-route config sends it (repeatable).
-    #[arg(long = "context-extension", value_parser = parse_key_value)]
+    /// `context_extensions` entry `key=value`, as Envoy's per-route config sends it (repeatable;
+    /// the env var holds one).
+    #[arg(
+        long = "context-extension",
+        env = "SCOPEGATE_CONTEXT_EXTENSION",
+        value_parser = parse_key_value
+    )]
     context_extensions: Vec<(String, String)>,
 }
 
@@ -347,14 +369,15 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let response = client.check(request).await?.into_inner();
     print_decision(&response);
     let allowed = response.status.as_ref().is_some_and(|s| s.code == 0);
-    if !allowed && response.http_response.is_none() {
-        bail!("the answer has neither an OK status nor an HTTP response");
+    let denied = matches!(
+        response.http_response,
+        Some(HttpResponse::DeniedResponse(_))
+    );
+    match (allowed, denied) {
+        (true, false) => Ok(ExitCode::SUCCESS),
+        (false, true) => Ok(ExitCode::FAILURE),
+        _ => bail!("the answer is neither an allow (OK status) nor a deny (denied response)"),
     }
-    Ok(if allowed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 fn print_decision(response: &CheckResponse) {
@@ -463,6 +486,75 @@ mod byte_size_tests {
         assert_eq!(parse_byte_size("2Gi"), Ok(2 << 30));
         for bad in ["", "Mi", "64M", "64 Mi", "-1", "1B"] {
             assert!(parse_byte_size(bad).is_err(), "{bad:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// The environment variable of `--some-flag`: `SCOPEGATE_SOME_FLAG`.
+    fn env_name(long: &str) -> String {
+        format!("SCOPEGATE_{}", long.to_ascii_uppercase().replace('-', "_"))
+    }
+
+    /// Every `--flag` of every subcommand, with the subcommand's name.
+    fn flags() -> Vec<(String, clap::Arg)> {
+        let cli = Cli::command();
+        cli.get_subcommands()
+            .flat_map(|sub| {
+                sub.get_arguments()
+                    .filter(|arg| arg.get_long().is_some())
+                    .map(|arg| (sub.get_name().to_string(), arg.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_flag_has_the_env_var_named_after_it() {
+        let flags = flags();
+        assert!(flags.len() > 30, "found only {} flags", flags.len());
+        for (command, arg) in flags {
+            let long = arg.get_long().unwrap();
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert_eq!(
+                env,
+                Some(env_name(long)),
+                "scopegate {command} --{long}: env var"
+            );
+        }
+    }
+
+    /// The README's command-line tables have one row per flag:
+    /// `` | `--flag VALUE` | `SCOPEGATE_FLAG` | `default` | what it does | ``.
+    #[test]
+    fn readme_documents_every_flag_with_its_env_var_and_default() {
+        let readme = include_str!("../README.md");
+        for (command, arg) in flags() {
+            let long = arg.get_long().unwrap();
+            let prefix = format!("| `--{long}");
+            let row = readme
+                .lines()
+                .find(|line| {
+                    line.strip_prefix(&prefix)
+                        .is_some_and(|rest| rest.starts_with([' ', '`']))
+                })
+                .unwrap_or_else(|| panic!("README: no row for scopegate {command} --{long}"));
+            assert!(
+                row.contains(&format!("`{}`", env_name(long))),
+                "README: the row of --{long} lacks its env var: {row}"
+            );
+            for default in arg.get_default_values() {
+                let default = default.to_string_lossy();
+                assert!(
+                    row.contains(&format!("`{default}`")),
+                    "README: the row of --{long} lacks its default `{default}`: {row}"
+                );
+            }
         }
     }
 }

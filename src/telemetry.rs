@@ -17,6 +17,8 @@
 //! off. Without an endpoint no exporter exists and the Check span is a
 //! disabled `tracing` span.
 
+use std::io::IsTerminal as _;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::PeriodicReader;
@@ -111,7 +113,10 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
             })?;
         crate::metrics::install(PeriodicReader::builder(exporter).build())?;
     }
-    subscriber(format, tracer_provider.as_ref(), std::io::stderr).init();
+    // Colours only for a person at a terminal: never in files, pipes or a
+    // container's log stream.
+    let ansi = std::io::stderr().is_terminal();
+    subscriber(format, ansi, tracer_provider.as_ref(), std::io::stderr).init();
     tracing::info!(
         traces = signals.traces,
         metrics = signals.metrics,
@@ -121,9 +126,11 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
 }
 
 /// The subscriber [`init`] installs: log lines (`RUST_LOG`, default
-/// `info`) to `log_writer`, and scopegate's spans to `tracer_provider`.
+/// `info`) to `log_writer`, text lines with ANSI colours only when `ansi`
+/// is set, and scopegate's spans to `tracer_provider`.
 pub fn subscriber<W>(
     format: LogFormat,
+    ansi: bool,
     tracer_provider: Option<&SdkTracerProvider>,
     log_writer: W,
 ) -> impl tracing::Subscriber + Send + Sync + 'static
@@ -142,12 +149,13 @@ where
             }))
     });
     Registry::default()
-        .with(log_layer(format, log_writer))
+        .with(log_layer(format, ansi, log_writer))
         .with(otel_layer)
 }
 
 fn log_layer<W>(
     format: LogFormat,
+    ansi: bool,
     writer: W,
 ) -> Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync>
 where
@@ -156,7 +164,7 @@ where
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt::layer().with_writer(writer);
     match format {
-        LogFormat::Text => builder.with_filter(filter).boxed(),
+        LogFormat::Text => builder.with_ansi(ansi).with_filter(filter).boxed(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -227,7 +235,51 @@ impl Telemetry {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+
+    /// A log writer whose output the test reads back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    fn text_log_line(ansi: bool) -> String {
+        let out = Captured::default();
+        let subscriber = subscriber(LogFormat::Text, ansi, None, out.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(policy = "shop/orders-api", "deny");
+        });
+        String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn text_logs_are_coloured_only_when_asked() {
+        let plain = text_log_line(false);
+        assert!(plain.contains("deny"), "{plain:?}");
+        assert!(!plain.contains('\x1b'), "escape codes in {plain:?}");
+        if std::env::var_os("NO_COLOR").is_none() {
+            assert!(text_log_line(true).contains('\x1b'));
+        }
+    }
 
     fn signals(vars: &[(&str, &str)]) -> OtlpSignals {
         OtlpSignals::from_vars(|name| {

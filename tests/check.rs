@@ -597,7 +597,11 @@ async fn cached_keys_keep_verifying_when_the_jwks_server_goes_down() {
         .unwrap();
     let state = &readyz["jwks"][0];
     assert_eq!(state["keys"], 1);
-    assert!(state["last_error"].as_str().is_some(), "{readyz}");
+    assert!(state["lastError"].as_str().is_some(), "{readyz}");
+    assert!(state["lastSuccess"].as_str().is_some(), "{readyz}");
+    assert_eq!(state["jwksUri"], jwks.jwks_uri().as_str(), "{readyz}");
+    assert!(state["fetchAttempts"].as_u64().unwrap() >= 2, "{readyz}");
+    assert_eq!(readyz["shuttingDown"], false, "{readyz}");
 }
 
 #[tokio::test]

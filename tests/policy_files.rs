@@ -35,7 +35,7 @@ fn validate_accepts_the_examples() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "ok: 2 policies"
+        "ok: 3 policies"
     );
 }
 
@@ -223,4 +223,44 @@ fn committed_crd_manifest_is_the_generated_one() {
         committed == String::from_utf8(out.stdout).unwrap(),
         "manifests/crds/ is stale: run `cargo run -- crd > manifests/crds/tokenpolicies.scopegate.dev.yaml`"
     );
+}
+
+/// Every complete `TokenPolicy` in a ```yaml block of the README and docs/
+/// (a block with `kind: TokenPolicy`), and every example file, passes
+/// `scopegate validate` — each on its own, since examples may share hosts.
+#[test]
+fn documented_policies_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pages = vec![std::path::PathBuf::from("README.md")];
+    let mut docs: Vec<_> = std::fs::read_dir("docs")
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    let mut files = vec![
+        std::path::PathBuf::from("manifests/examples/auth0-tokenpolicy.yaml"),
+        std::path::PathBuf::from("examples/policies/two-apis.yaml"),
+    ];
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for (i, block) in text.split("```yaml\n").skip(1).enumerate() {
+            let block = block.split("```").next().unwrap();
+            if block.contains("kind: TokenPolicy") {
+                let name = page.file_stem().unwrap().to_string_lossy();
+                files.push(write(dir.path(), &format!("{name}-{i}.yaml"), block));
+            }
+        }
+    }
+    assert!(files.len() >= 4, "found only {files:?}");
+    for file in files {
+        let out = run([std::path::Path::new("validate"), &file]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }

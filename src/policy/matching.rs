@@ -21,6 +21,9 @@ impl HostPattern {
             Some(rest) => (true, rest),
             None => (false, lower.as_str()),
         };
+        if name.contains('/') {
+            return Err("must be a host name, not a URL (e.g. \"api.example.com\")".into());
+        }
         if name.contains(':') {
             return Err("must not contain a port (ports are stripped from request hosts)".into());
         }
@@ -373,5 +376,17 @@ mod tests {
         assert!(HostPattern::parse("*").is_err());
         assert!(HostPattern::parse("a..b").is_err());
         assert!(HostPattern::parse("a_b.com").is_err());
+    }
+
+    #[test]
+    fn a_url_in_hosts_is_named_as_one() {
+        for url in [
+            "https://x.example.com/",
+            "x.example.com/api",
+            "*.example.com/",
+        ] {
+            let error = HostPattern::parse(url).unwrap_err();
+            assert!(error.contains("not a URL"), "{url}: {error}");
+        }
     }
 }

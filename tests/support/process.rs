@@ -158,7 +158,7 @@ impl ScopegateProcess {
             .as_array()
             .unwrap()
             .iter()
-            .map(|source| source["fetch_attempts"].as_u64().unwrap())
+            .map(|source| source["fetchAttempts"].as_u64().unwrap())
             .sum()
     }
 
