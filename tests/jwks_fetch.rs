@@ -598,3 +598,64 @@ async fn an_unusable_jwks_ca_file_stops_serve_with_the_flag_named() {
         );
     }
 }
+
+#[test]
+fn policy_urls_naming_metadata_addresses_or_plain_http_are_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policies.yaml");
+    let policies = [
+        policy("a", "a.example.com", "https://169.254.169.254/", None),
+        policy(
+            "b",
+            "b.example.com",
+            "https://issuer.example.com/",
+            Some("https://[::ffff:169.254.169.254]/jwks.json"),
+        ),
+        policy(
+            "c",
+            "c.example.com",
+            "https://issuer.example.com/",
+            Some("http://[fe80::1]:8080/jwks.json"),
+        ),
+        policy(
+            "d",
+            "d.example.com",
+            "https://issuer.example.com/",
+            Some("http://issuer.example.com/jwks.json"),
+        ),
+        policy("e", "e.example.com", "http://127.0.0.1:8080/", None),
+    ]
+    .join("---\n");
+    std::fs::write(&file, policies).unwrap();
+    let out = std::process::Command::new(support::process::scopegate_bin())
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let f = file.display();
+    for expected in [
+        format!(
+            "{f}:1: spec.issuer.url: \"https://169.254.169.254/.well-known/openid-configuration\" \
+             must not name a link-local or cloud metadata address (169.254.169.254)"
+        ),
+        format!(
+            "{f}:2: spec.issuer.jwksUri: \"https://[::ffff:169.254.169.254]/jwks.json\" \
+             must not name a link-local or cloud metadata address (::ffff:169.254.169.254)"
+        ),
+        format!(
+            "{f}:3: spec.issuer.jwksUri: \"http://[fe80::1]:8080/jwks.json\" must not name a \
+             link-local or cloud metadata address (fe80::1)"
+        ),
+        format!(
+            "{f}:4: spec.issuer.jwksUri: \"http://issuer.example.com/jwks.json\" must use https"
+        ),
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(&expected)),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains(":5:"), "loopback http is valid:\n{stdout}");
+}
