@@ -124,6 +124,10 @@ struct ServeArgs {
     /// Timeout of one JWKS or discovery request.
     #[arg(long, env = "SCOPEGATE_JWKS_FETCH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     jwks_fetch_timeout: Duration,
+    /// PEM bundle of CA certificates trusted for JWKS and discovery requests in addition to the system
+    /// roots (issuers behind a private CA).
+    #[arg(long, env = "SCOPEGATE_JWKS_CA_FILE")]
+    jwks_ca_file: Option<PathBuf>,
     /// Most verified tokens kept in the token cache (0 disables it).
     #[arg(long, env = "SCOPEGATE_TOKEN_CACHE_SIZE", default_value_t = 100_000)]
     token_cache_size: u64,
@@ -252,6 +256,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         PolicySource::Files(args.policies)
     };
+    let extra_roots = match &args.jwks_ca_file {
+        Some(path) => {
+            crate::jwks::load_ca_file(path).context("--jwks-ca-file (SCOPEGATE_JWKS_CA_FILE)")?
+        }
+        None => Vec::new(),
+    };
     let config = ServeConfig {
         listen: args.listen,
         admin_listen: args.admin_listen,
@@ -263,6 +273,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_refresh_interval: args.jwks_max_refresh_interval,
             min_refetch_interval: args.jwks_min_refetch_interval,
             fetch_timeout: args.jwks_fetch_timeout,
+            extra_roots,
             ..JwksSettings::default()
         },
         token_cache: TokenCacheSettings {

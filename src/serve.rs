@@ -47,6 +47,9 @@ pub enum StartError {
     /// The Kubernetes policy source failed to start.
     #[error(transparent)]
     Kubernetes(#[from] crate::k8s::KubernetesError),
+    /// The HTTP client for key fetches cannot be built (`--jwks-ca-file`).
+    #[error(transparent)]
+    JwksClient(#[from] crate::jwks::ClientError),
     /// The gRPC reflection descriptors are broken (a build defect).
     #[error("gRPC reflection: {0}")]
     Reflection(String),
@@ -157,7 +160,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         None => None,
     };
 
-    let registry = JwksRegistry::new(config.jwks.clone());
+    let registry = JwksRegistry::try_new(config.jwks.clone())?;
     let snapshot = SnapshotHandle::default();
     let watcher = match &config.policies {
         PolicySource::Files(paths) => {

@@ -10,7 +10,8 @@ use serde::Deserialize;
 use tracing::Instrument as _;
 
 use super::fetch::{FetchError, get_bounded};
-use super::{JwksSettings, JwksSource, KeySet};
+use super::guard::{check_fetch_url, redacted};
+use super::{JwksSettings, JwksSource, KeySet, json};
 
 /// The cached keys of one [`JwksSource`].
 pub struct JwksCache {
@@ -48,6 +49,7 @@ struct Report {
 
 /// A snapshot of a cache's health, for `/readyz` and policy status.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct JwksState {
     /// The configured source (JWKS URI or discovery URL).
     pub source: String,
@@ -73,10 +75,12 @@ pub struct KeysUnavailable {
     pub last_error: Option<String>,
 }
 
+/// The members of an OpenID configuration scopegate reads; absent ones are
+/// reported by name (see [`json::required`]).
 #[derive(Deserialize)]
 struct DiscoveryDocument {
-    issuer: String,
-    jwks_uri: String,
+    issuer: Option<String>,
+    jwks_uri: Option<String>,
 }
 
 impl JwksCache {
@@ -251,15 +255,26 @@ impl JwksCache {
             self.settings.max_response_bytes,
         )
         .await?;
-        let document: DiscoveryDocument = serde_json::from_slice(&fetched.body)
-            .map_err(|e| invalid(format!("not an OpenID configuration: {e}")))?;
-        if document.issuer != *issuer {
+        let not_configuration =
+            |problem: json::JsonProblem| invalid(format!("not an OpenID configuration: {problem}"));
+        let document: DiscoveryDocument = json::parse(&fetched.body).map_err(not_configuration)?;
+        let discovered_issuer =
+            json::required(document.issuer, "issuer").map_err(not_configuration)?;
+        let jwks_uri = json::required(document.jwks_uri, "jwks_uri").map_err(not_configuration)?;
+        if discovered_issuer != *issuer {
+            // The discovered value is response content: not echoed.
             return Err(invalid(format!(
-                "discovery issuer {:?} differs from the policy's issuer {issuer:?}",
-                document.issuer
+                "the discovery document's issuer differs from the policy's issuer {issuer:?}"
             )));
         }
-        reqwest::Url::parse(&document.jwks_uri).map_err(|e| invalid(format!("jwks_uri: {e}")))
+        let jwks_uri = reqwest::Url::parse(&jwks_uri)
+            .map_err(|e| invalid(format!("jwks_uri is not a URL: {e}")))?;
+        check_fetch_url(&jwks_uri).map_err(|reason| FetchError::JwksUriRefused {
+            url: configuration.to_string(),
+            target: redacted(&jwks_uri),
+            reason,
+        })?;
+        Ok(jwks_uri)
     }
 
     fn next_refresh(&self, outcome: Result<Option<Duration>, ()>, failures: &mut u32) -> Duration {

@@ -35,7 +35,7 @@ pub struct KeyFingerprint([u8; 32]);
 pub enum KeySetError {
     /// The body is not a JSON object with a `keys` array.
     #[error("JWKS is not a JSON object with a \"keys\" array: {0}")]
-    NotJwks(String),
+    NotJwks(super::JsonProblem),
     /// No key in the document is a usable signing key.
     #[error("JWKS has no usable signing key ({skipped} skipped)")]
     NoUsableKeys {
@@ -46,7 +46,7 @@ pub enum KeySetError {
 
 #[derive(Deserialize)]
 struct JwksDocument {
-    keys: Vec<serde_json::Value>,
+    keys: Option<Vec<serde_json::Value>>,
 }
 
 /// The JWK members scopegate reads (RFC 7517/7518/8037).
@@ -79,11 +79,12 @@ impl KeySet {
     /// `alg`, malformed components, RSA under 2048 bits) are skipped; a
     /// document with no usable key is an error.
     pub fn from_json(body: &[u8]) -> Result<Self, KeySetError> {
-        let document: JwksDocument =
-            serde_json::from_slice(body).map_err(|e| KeySetError::NotJwks(e.to_string()))?;
-        let total = document.keys.len();
+        let document: JwksDocument = super::json::parse(body).map_err(KeySetError::NotJwks)?;
+        let raw_keys =
+            super::json::required(document.keys, "keys").map_err(KeySetError::NotJwks)?;
+        let total = raw_keys.len();
         let mut keys = Vec::with_capacity(total);
-        for raw in document.keys {
+        for raw in raw_keys {
             match serde_json::from_value::<Jwk>(raw).ok().and_then(prepare) {
                 Some(key) => keys.push(key),
                 None => tracing::debug!("skipping a JWKS key that is not a usable signing key"),

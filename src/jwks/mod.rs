@@ -11,18 +11,28 @@
 //! ```
 //!
 //! A failed fetch never discards keys that were fetched before.
+//!
+//! Every fetch obeys one rule ([`guard`]): `https` only (`http` only to
+//! loopback) for discovery, the discovered `jwks_uri` and every redirect,
+//! and never a link-local or cloud metadata address, whether named in a URL
+//! or answered by DNS.
 
 mod cache;
 mod fetch;
+mod guard;
+mod json;
 mod keyset;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 pub use cache::{JwksCache, JwksState, KeysUnavailable};
 pub use fetch::FetchError;
+pub use guard::{BlockedAddresses, MAX_REDIRECTS, UrlRefusal, check_fetch_url, is_blocked_ip};
+pub use json::JsonProblem;
 pub use keyset::{KeyFingerprint, KeySet, KeySetError};
 
 /// Where an issuer's keys come from.
@@ -64,6 +74,9 @@ pub struct JwksSettings {
     pub fetch_timeout: Duration,
     /// Largest accepted response body.
     pub max_response_bytes: usize,
+    /// Trust anchors for issuer TLS in addition to the system's
+    /// (`--jwks-ca-file`; see [`load_ca_file`]).
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl Default for JwksSettings {
@@ -75,8 +88,80 @@ impl Default for JwksSettings {
             min_refetch_interval: Duration::from_secs(5),
             fetch_timeout: Duration::from_secs(5),
             max_response_bytes: 1024 * 1024,
+            extra_roots: Vec::new(),
         }
     }
+}
+
+/// A CA file that cannot be used as trust anchors for issuer TLS.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    /// The file cannot be read.
+    #[error("cannot read the CA file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a PEM bundle of certificates.
+    #[error("{} is not a PEM certificate bundle: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file holds no `CERTIFICATE` block.
+    #[error("{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Reads a PEM bundle of CA certificates (`--jwks-ca-file`) to trust, in
+/// addition to the system's roots, for issuers behind a private CA.
+pub fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, CaFileError> {
+    let pem = std::fs::read(path).map_err(|source| CaFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| CaFileError::Invalid {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if roots.is_empty() {
+        return Err(CaFileError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(roots)
+}
+
+/// The HTTP client for key fetches could not be built (in practice: an
+/// extra root certificate the TLS verifier rejects).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the JWKS HTTP client (check --jwks-ca-file): {0}")]
+pub struct ClientError(String);
+
+/// The client every fetch goes through: the redirect policy and the DNS
+/// guard of [`guard`], bounded timeouts, and `settings.extra_roots`.
+fn build_client(
+    settings: &JwksSettings,
+    resolver: guard::GuardedResolver,
+) -> Result<reqwest::Client, ClientError> {
+    reqwest::Client::builder()
+        .timeout(settings.fetch_timeout)
+        .connect_timeout(settings.fetch_timeout)
+        .redirect(guard::redirect_policy())
+        .referer(false)
+        .dns_resolver(resolver)
+        .tls_certs_merge(settings.extra_roots.iter().cloned())
+        .user_agent(concat!("scopegate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ClientError(fetch::error_chain(&e)))
 }
 
 /// Hands out one shared [`JwksCache`] per [`JwksSource`].
@@ -96,21 +181,26 @@ struct RegistryInner {
 
 impl JwksRegistry {
     /// A registry whose caches fetch with `settings`.
+    ///
+    /// # Panics
+    ///
+    /// If the HTTP client cannot be built, which only `extra_roots` can
+    /// cause: use [`JwksRegistry::try_new`] for settings from outside.
     pub fn new(settings: JwksSettings) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(settings.fetch_timeout)
-            .connect_timeout(settings.fetch_timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .user_agent(concat!("scopegate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the HTTP client configuration is static and valid");
-        JwksRegistry {
+        Self::try_new(settings).expect("the HTTP client configuration is valid")
+    }
+
+    /// A registry whose caches fetch with `settings`, or why its HTTP
+    /// client cannot be built.
+    pub fn try_new(settings: JwksSettings) -> Result<Self, ClientError> {
+        let client = build_client(&settings, guard::GuardedResolver::system())?;
+        Ok(JwksRegistry {
             inner: Arc::new(RegistryInner {
                 client,
                 settings,
                 caches: Mutex::new(HashMap::new()),
             }),
-        }
+        })
     }
 
     /// The cache for `source`, created (and its refresh task started) on

@@ -2,7 +2,6 @@
 //! is parsed here, once. Compilation is also what `scopegate validate` runs.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::matching::{HostPattern, PathPattern};
@@ -319,17 +318,13 @@ fn check_header_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a URL scopegate will fetch: https, or http to a loopback host.
+/// Parses a URL scopegate will fetch keys from, checked by the one rule of
+/// [`crate::jwks::check_fetch_url`] (https, or http to a loopback host;
+/// never a link-local or metadata address).
 fn parse_fetch_url(value: &str) -> Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(value).map_err(|e| format!("{value:?} is not a URL: {e}"))?;
-    match url.scheme() {
-        "https" => Ok(url),
-        "http" if is_loopback(&url) => Ok(url),
-        "http" => Err(format!(
-            "{value:?} must use https (http is allowed only for loopback hosts)"
-        )),
-        other => Err(format!("{value:?} has unsupported scheme {other:?}")),
-    }
+    crate::jwks::check_fetch_url(&url).map_err(|refusal| format!("{value:?} {refusal}"))?;
+    Ok(url)
 }
 
 /// `{issuer}/.well-known/openid-configuration`.
@@ -341,15 +336,6 @@ fn discovery_url(issuer: &str) -> Result<reqwest::Url, String> {
     };
     parse_fetch_url(&format!("{base}.well-known/openid-configuration"))
         .map_err(|e| format!("{e}; without jwksUri the issuer URL is used for OIDC discovery"))
-}
-
-fn is_loopback(url: &reqwest::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
 }
 
 fn boxed_strs(items: &[String]) -> Box<[Box<str>]> {

@@ -344,6 +344,7 @@ pub fn fast_jwks() -> JwksSettings {
         min_refetch_interval: Duration::from_millis(100),
         fetch_timeout: Duration::from_secs(2),
         max_response_bytes: 1024 * 1024,
+        extra_roots: Vec::new(),
     }
 }
 
