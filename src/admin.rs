@@ -63,8 +63,13 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
                 "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "servingLastGood": serving_last_good,
             }),
-            PolicyState::HostConflict { host, winner } => json!({
+            PolicyState::HostConflict {
+                host,
+                winner,
+                winner_host,
+            } => json!({
                 "policy": &**id, "state": "HostConflict", "host": host, "winner": &**winner,
+                "winnerHost": winner_host,
             }),
         })
         .collect();

@@ -512,18 +512,18 @@ async fn the_binary_trusts_jwks_ca_file_and_reports_refusals_without_content() {
         sources.len() == 3
             && sources
                 .iter()
-                .all(|s| s["fetch_attempts"].as_u64() > Some(0))
+                .all(|s| s["fetchAttempts"].as_u64() > Some(0))
     })
     .await;
     let body = readyz().await;
     assert_eq!(source(&body, &good)["keys"], 1, "{body}");
     let moved = source(&body, &issuer.url("/moved"));
-    let moved_error = moved["last_error"].as_str().unwrap();
+    let moved_error = moved["lastError"].as_str().unwrap();
     assert!(
         moved_error.contains("redirect to http://169.254.169.254/… refused"),
         "{moved_error}"
     );
-    let garbage_error = source(&body, &garbage)["last_error"]
+    let garbage_error = source(&body, &garbage)["lastError"]
         .as_str()
         .unwrap()
         .to_string();

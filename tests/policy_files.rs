@@ -113,8 +113,52 @@ fn validate_rejects_duplicate_hosts_and_names_across_files() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("b.yaml:1: spec.hosts: host \"orders.example.com\" is already claimed by policy test/orders"),
+        stdout.contains("b.yaml:1: spec.hosts: policy test/orders-copy: host orders.example.com is already claimed by policy test/orders"),
         "{stdout}"
+    );
+}
+
+/// Finding 1 of the security review, in files mode: a host under another
+/// namespace's wildcard is a validate error naming both policies.
+#[test]
+fn finding_1_validate_rejects_a_host_under_another_namespaces_wildcard() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |namespace: &str, name: &str, host: &str| {
+        format!(
+            r#"apiVersion: scopegate.dev/v1alpha1
+kind: TokenPolicy
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  hosts: ["{host}"]
+  issuer: {{url: "https://tenant.example.com/", audiences: ["api"]}}
+"#
+        )
+    };
+    write(
+        dir.path(),
+        "a.yaml",
+        &policy("corp", "wide", "*.corp.example.com"),
+    );
+    write(
+        dir.path(),
+        "b.yaml",
+        &policy("team", "pay", "pay.corp.example.com"),
+    );
+    write(
+        dir.path(),
+        "c.yaml",
+        &policy("corp", "hr", "hr.corp.example.com"),
+    );
+    let out = run([std::path::Path::new("validate"), dir.path()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("b.yaml:1: spec.hosts: policy team/pay: host pay.corp.example.com is already claimed by policy corp/wide (its *.corp.example.com covers it"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("c.yaml"),
+        "the same namespace may carve out: {stdout}"
     );
 }
 

@@ -231,7 +231,7 @@ impl TokenCache {
         let entries = settings.enabled().then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(settings.max_bytes)
-                .weigher(|_: &Box<str>, entry: &Arc<Entry>| entry.weight)
+                .weigher(|_, entry: &Arc<Entry>| entry.weight)
                 .expire_after(EntryLifetime)
                 .build_with_hasher(foldhash::fast::RandomState::default())
         });

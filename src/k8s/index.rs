@@ -303,7 +303,8 @@ mod tests {
                 "z/newer".into(),
                 PolicyState::HostConflict {
                     host: "x.example.com".into(),
-                    winner: "a/older".into()
+                    winner: "a/older".into(),
+                    winner_host: "x.example.com".into(),
                 }
             )
         );
@@ -388,7 +389,8 @@ mod tests {
             snapshot_states[1].1,
             PolicyState::HostConflict {
                 host: "x.example.com".into(),
-                winner: "a/owner".into()
+                winner: "a/owner".into(),
+                winner_host: "x.example.com".into(),
             },
             "the rival does not get the host of an owner that turned invalid"
         );
@@ -413,7 +415,8 @@ mod tests {
                 "a/early".into(),
                 PolicyState::HostConflict {
                     host: "x.example.com".into(),
-                    winner: "b/later".into()
+                    winner: "b/later".into(),
+                    winner_host: "x.example.com".into(),
                 }
             )
         );
@@ -454,7 +457,8 @@ mod tests {
             states[1].1,
             PolicyState::HostConflict {
                 host: "pay.corp.example.com".into(),
-                winner: "corp/wide".into()
+                winner: "corp/wide".into(),
+                winner_host: "*.corp.example.com".into(),
             }
         );
         assert_eq!(

@@ -52,10 +52,10 @@ pub fn desired_status(
             };
             (false, "Invalid", message)
         }
-        (PolicyState::HostConflict { host, winner }, _) => (
+        (conflict @ PolicyState::HostConflict { .. }, _) => (
             false,
             "HostConflict",
-            format!("host {host} is already claimed by policy {winner}"),
+            conflict.conflict_message().unwrap_or_default(),
         ),
         (PolicyState::Accepted, Some(jwks)) if jwks.keys == 0 => (
             false,
@@ -291,6 +291,7 @@ mod tests {
         let conflict = PolicyState::HostConflict {
             host: "x.example.com".into(),
             winner: "a/old".into(),
+            winner_host: "x.example.com".into(),
         };
         assert_eq!(
             ready(&desired_status(&policy, &conflict, None, now)).2,

@@ -18,10 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use notify::Watcher as _;
 use serde::Deserialize;
 
-use super::{
-    Candidate, CompiledPolicy, PolicyId, PolicySnapshot, PolicyState, SnapshotHandle,
-    TokenPolicySpec,
-};
+use super::{Candidate, CompiledPolicy, PolicyId, PolicySnapshot, SnapshotHandle, TokenPolicySpec};
 use crate::jwks::JwksRegistry;
 
 /// The `apiVersion` every document must have.
@@ -202,8 +199,9 @@ fn parse_document(
     Ok((format!("{namespace}/{name}").into(), document.spec))
 }
 
-/// Rejects duplicate names and hosts claimed twice (in files, unlike in a
-/// cluster, both are mistakes of one author).
+/// Rejects duplicate names and hosts claimed twice, by the rules of a
+/// cluster (the same pattern, or a more specific host under another
+/// namespace's wildcard): in files both are mistakes of one author.
 fn check_unique_and_disjoint(loaded: &[LoadedPolicy], errors: &mut Vec<FileError>) {
     let mut ids = HashSet::new();
     for p in loaded {
@@ -221,13 +219,9 @@ fn check_unique_and_disjoint(loaded: &[LoadedPolicy], errors: &mut Vec<FileError
         .map(|p| Candidate::new(p.policy.id.clone(), Ok(p.policy.clone())))
         .collect();
     for ((_, state), p) in PolicySnapshot::states_of(candidates).iter().zip(loaded) {
-        if let PolicyState::HostConflict { host, winner } = state {
-            errors.push(file_error(
-                &p.file,
-                p.document,
-                "spec.hosts",
-                format!("host {host:?} overlaps a host of policy {winner} (another namespace: only one policy may serve a host)"),
-            ));
+        if let Some(message) = state.conflict_message() {
+            let message = format!("policy {}: {message}", p.policy.id);
+            errors.push(file_error(&p.file, p.document, "spec.hosts", message));
         }
     }
 }

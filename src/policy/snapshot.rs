@@ -78,10 +78,32 @@ pub enum PolicyState {
         host: String,
         /// The policy that keeps it.
         winner: PolicyId,
+        /// The winner's pattern that covers `host` (`host` itself, or a
+        /// wildcard such as `*.corp.example.com`).
+        winner_host: String,
     },
 }
 
 impl PolicyState {
+    /// For a host conflict, what the status says: `host X is already
+    /// claimed by policy NS/NAME` (and by which of its hosts when that is a
+    /// covering wildcard).
+    pub fn conflict_message(&self) -> Option<String> {
+        let PolicyState::HostConflict {
+            host,
+            winner,
+            winner_host,
+        } = self
+        else {
+            return None;
+        };
+        let mut message = format!("host {host} is already claimed by policy {winner}");
+        if winner_host != host {
+            message.push_str(&format!(" (its {winner_host} covers it; only a policy in the same namespace may serve a more specific host)"));
+        }
+        Some(message)
+    }
+
     /// The `Ready` reason this state is reported with.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -207,7 +229,11 @@ fn assign_hosts(candidates: Vec<Candidate>) -> (Vec<CompiledPolicy>, Vec<(Policy
                 errors,
                 serving_last_good: serves,
             },
-            (None, Some((host, winner))) => PolicyState::HostConflict { host, winner },
+            (None, Some((host, winner, winner_host))) => PolicyState::HostConflict {
+                host,
+                winner,
+                winner_host,
+            },
             (None, None) => PolicyState::Accepted,
         };
         if let Some(policy) = serving.filter(|_| serves) {
@@ -231,16 +257,16 @@ impl HostOwners {
     /// `*.pay.corp.example.com` under `*.corp.example.com`) unless both
     /// policies are in the same namespace. A new wildcard over an owned
     /// exact host is no conflict: lookup prefers the exact host.
-    fn contested(&self, policy: &CompiledPolicy) -> Option<(String, PolicyId)> {
+    fn contested(&self, policy: &CompiledPolicy) -> Option<(String, PolicyId, String)> {
         let namespace = namespace_of(&policy.id);
         policy.hosts.iter().find_map(|host| {
             if let Some(owner) = self.0.get(host) {
-                return Some((host.to_string(), owner.clone()));
+                return Some((host.to_string(), owner.clone(), host.to_string()));
             }
             host.covering_wildcards()
-                .find_map(|wildcard| self.0.get(&wildcard))
-                .filter(|owner| namespace_of(owner) != namespace)
-                .map(|owner| (host.to_string(), owner.clone()))
+                .find_map(|wildcard| Some((self.0.get(&wildcard)?, wildcard)))
+                .filter(|(owner, _)| namespace_of(owner) != namespace)
+                .map(|(owner, wildcard)| (host.to_string(), owner.clone(), wildcard.to_string()))
         })
     }
 

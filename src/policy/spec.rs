@@ -86,6 +86,7 @@ pub struct TokenPolicySpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new(FETCHED_OVER_HTTPS).message("jwksUri (or, without it, url) must use https unless its host is loopback"))]
+#[x_kube(validation = Rule::new(NOT_LINK_LOCAL).message("jwksUri (or, without it, url) must not name a link-local or cloud metadata address"))]
 pub struct IssuerSpec {
     /// The exact `iss` value (Auth0 keeps the trailing slash).
     #[schemars(length(min = 1, max = 1024))]
@@ -189,6 +190,10 @@ pub struct ClaimHeaderSpec {
 
 /// CEL: where keys are fetched from must be https, or http on loopback.
 const FETCHED_OVER_HTTPS: &str = r"(has(self.jwksUri) ? self.jwksUri : self.url).matches(r'^(https://|http://(localhost|127\.[0-9]+\.[0-9]+\.[0-9]+|\[::1\])([:/]|$))')";
+
+/// CEL: keys are never fetched from a link-local or metadata address given as
+/// an IP literal (compilation also refuses the other ways of writing one).
+const NOT_LINK_LOCAL: &str = r"!(has(self.jwksUri) ? self.jwksUri : self.url).matches(r'(?i)^[a-z]+://(169\.254\.|\[(fe[89ab][0-9a-f]:|fd00:ec2::254\]|::ffff:169\.254\.))')";
 
 /// CEL: `anonymous: true` excludes `requireScopes` and `allowedClients`.
 const ANONYMOUS_ALONE: &str = "!has(self.anonymous) || !self.anonymous || ((!has(self.requireScopes) || size(self.requireScopes) == 0) && !has(self.allowedClients))";

@@ -54,7 +54,8 @@ fn the_older_policy_keeps_a_contested_host() {
         states[1].1,
         PolicyState::HostConflict {
             host: "*.example.org".into(),
-            winner: "ns/old".into()
+            winner: "ns/old".into(),
+            winner_host: "*.example.org".into(),
         }
     );
     assert_eq!(states[2].1, PolicyState::Accepted);
@@ -141,7 +142,8 @@ async fn a_newer_policy_cannot_carve_a_host_out_of_an_older_wildcard() {
             states[i].1,
             PolicyState::HostConflict {
                 host: host.into(),
-                winner: "corp/wide".into()
+                winner: "corp/wide".into(),
+                winner_host: "*.corp.example.com".into(),
             }
         );
     }
