@@ -339,6 +339,109 @@ async fn uncompilable_and_conflicting_policies_are_not_ready_while_others_serve(
     assert!(row("late ").contains("HostConflict"), "{table}");
 }
 
+/// Finding 1 of the security review: a newer policy in another namespace
+/// carved `pay.own.example.com` out of an older `*.own.example.com` and
+/// served it with its own (anonymous) rules; an invalid edit of the owner
+/// stopped serving it and released its hosts. Now the owner keeps them —
+/// through an invalid edit, on its last good version — until it is deleted.
+#[tokio::test]
+async fn finding_1_hosts_stay_with_their_owner_until_it_is_deleted() {
+    let cluster = cluster().await;
+    let owner_ns = namespace(&cluster.client, "t-own-a").await;
+    let rival_ns = namespace(&cluster.client, "t-own-b").await;
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let mut config = k8s_config(&cluster.kubeconfig(), &owner_ns, &owner_ns);
+    config.namespaces.push(rival_ns.clone());
+    let sg = start_scopegate_with(config).await;
+    let owners = policies(&cluster.client, &owner_ns);
+    let rivals = policies(&cluster.client, &rival_ns);
+    const PAY: &str = "pay.own.example.com";
+    let anonymous_get = || async { sg.check_host(PAY, "GET", "/orders", &[]).await };
+
+    let mut owner = token_policy(&owner_ns, "owner", &jwks, STANDARD_RULES);
+    owner.spec.hosts = vec!["*.own.example.com".into()];
+    owners.create(&PostParams::default(), &owner).await.unwrap();
+    eventually("the owner serves pay.own.example.com", || async {
+        anonymous_get().await.http_status() == 401
+    })
+    .await;
+
+    let mut rival = token_policy(
+        &rival_ns,
+        "rival",
+        &jwks,
+        "  rules:\n    - anonymous: true\n",
+    );
+    rival.spec.hosts = vec![PAY.into()];
+    rivals.create(&PostParams::default(), &rival).await.unwrap();
+    eventually("the rival is in HostConflict", || async {
+        ready_condition(&rivals, "rival")
+            .await
+            .is_some_and(|(status, reason, message)| {
+                status == "False"
+                    && reason == "HostConflict"
+                    && message.contains(&format!("already claimed by policy {owner_ns}/owner"))
+                    && message.contains("*.own.example.com covers it")
+            })
+    })
+    .await;
+    assert_eq!(
+        anonymous_get().await.http_status(),
+        401,
+        "the owner's rules still decide"
+    );
+
+    // An edit the API server accepts but that does not compile.
+    let broken = json!({"spec": {"rules": [{"paths": ["/a/**/b"]}]}});
+    owners
+        .patch("owner", &PatchParams::default(), &Patch::Merge(&broken))
+        .await
+        .unwrap();
+    eventually("the owner reports Invalid, naming the field", || async {
+        ready_condition(&owners, "owner")
+            .await
+            .is_some_and(|(_, reason, message)| {
+                reason == "Invalid"
+                    && message.contains("spec.rules[0].paths[0]")
+                    && message.contains("the last valid version keeps serving")
+            })
+    })
+    .await;
+    let token = KEY_A.sign(&claims(&jwks.issuer()));
+    let checked = sg
+        .check_host(
+            PAY,
+            "GET",
+            "/orders",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+    assert_eq!(checked.http_status(), 200, "the last good version serves");
+    assert_eq!(
+        checked.metadata("policy"),
+        Some(format!("{owner_ns}/owner"))
+    );
+    assert_eq!(anonymous_get().await.http_status(), 401);
+    let (_, reason, _) = ready_condition(&rivals, "rival").await.unwrap();
+    assert_eq!(reason, "HostConflict", "an invalid owner keeps its hosts");
+
+    owners
+        .delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
+    let took = eventually(
+        "the rival takes the host once the owner is deleted",
+        || async {
+            anonymous_get().await.http_status() == 200
+                && ready_condition(&rivals, "rival")
+                    .await
+                    .is_some_and(|(status, reason, _)| status == "True" && reason == "Accepted")
+        },
+    )
+    .await;
+    println!("owner deleted → rival Accepted and serving in {took:?}");
+}
+
 #[tokio::test]
 async fn one_replica_writes_status_and_another_takes_over_when_it_stops() {
     let cluster = cluster().await;
