@@ -303,6 +303,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 fn validate(paths: &[PathBuf]) -> ExitCode {
     match files::load(paths) {
         Ok(loaded) => {
+            for warning in loaded.iter().flat_map(files::LoadedPolicy::warnings) {
+                println!("{warning}");
+            }
             println!("ok: {} policies", loaded.len());
             ExitCode::SUCCESS
         }

@@ -729,3 +729,50 @@ async fn a_rate_limited_unknown_kid_is_answered_without_waiting_on_a_hanging_fet
         "answered before the hanging fetch ended"
     );
 }
+
+/// Issue 16 (consent, not authority): with Auth0 RBAC, `scope` holds what the
+/// user consented to for this agent, `permissions` everything the user may
+/// do. An agent granted `read:orders` must not pass a delete rule because
+/// the user could delete.
+#[tokio::test]
+async fn consent_not_authority_permissions_count_only_when_listed() {
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let mut consented = claims(&jwks.issuer());
+    consented["scope"] = json!("read:orders");
+    consented["permissions"] = json!(["read:orders", "delete:orders", "admin:orders"]);
+    let token = KEY_A.sign(&consented);
+
+    let by_default = Scopegate::start(&policy_yaml(
+        "orders",
+        &jwks.issuer(),
+        &jwks.jwks_uri(),
+        STANDARD_RULES,
+    ))
+    .await;
+    let checked = by_default.check_token("DELETE", "/orders/1", &token).await;
+    assert_eq!(checked.http_status(), 403);
+    assert_eq!(checked.body()["error"], "insufficient_scope");
+    assert_eq!(
+        by_default
+            .check_token("GET", "/orders/1", &token)
+            .await
+            .http_status(),
+        200
+    );
+
+    let machine_to_machine = format!("  scopeClaims: [scope, permissions]\n{STANDARD_RULES}");
+    let listed = Scopegate::start(&policy_yaml(
+        "orders",
+        &jwks.issuer(),
+        &jwks.jwks_uri(),
+        &machine_to_machine,
+    ))
+    .await;
+    assert_eq!(
+        listed
+            .check_token("DELETE", "/orders/1", &token)
+            .await
+            .http_status(),
+        200
+    );
+}

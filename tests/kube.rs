@@ -339,6 +339,17 @@ async fn uncompilable_and_conflicting_policies_are_not_ready_while_others_serve(
     assert!(row("late ").contains("HostConflict"), "{table}");
 }
 
+/// Deletes `name` if it exists and waits until it is gone.
+async fn delete_if_present(api: &Api<TokenPolicy>, name: &str) {
+    if api.get_opt(name).await.unwrap().is_some() {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+        eventually("the leftover policy is gone", || async {
+            api.get_opt(name).await.unwrap().is_none()
+        })
+        .await;
+    }
+}
+
 /// Finding 1 of the security review: a newer policy in another namespace
 /// carved `pay.own.example.com` out of an older `*.own.example.com` and
 /// served it with its own (anonymous) rules; an invalid edit of the owner
@@ -355,6 +366,9 @@ async fn finding_1_hosts_stay_with_their_owner_until_it_is_deleted() {
     let sg = start_scopegate_with(config).await;
     let owners = policies(&cluster.client, &owner_ns);
     let rivals = policies(&cluster.client, &rival_ns);
+    for (api, name) in [(&owners, "owner"), (&rivals, "rival")] {
+        delete_if_present(api, name).await; // a rerun on the same cluster
+    }
     const PAY: &str = "pay.own.example.com";
     let anonymous_get = || async { sg.check_host(PAY, "GET", "/orders", &[]).await };
 

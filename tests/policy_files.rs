@@ -308,3 +308,25 @@ fn documented_policies_validate() {
         );
     }
 }
+
+/// Issue 16: listing Auth0's `permissions` compiles, with a warning that
+/// says why it is rarely right.
+#[test]
+fn validate_warns_when_a_policy_counts_permissions_as_scopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_yaml(
+        "m2m",
+        "https://tenant.example.com/",
+        "https://tenant.example.com/jwks",
+        "  scopeClaims: [scope, permissions]\n",
+    );
+    write(dir.path(), "m2m.yaml", &policy);
+    let out = run([std::path::Path::new("validate"), dir.path()]);
+    assert_eq!(out.status.code(), Some(0), "a warning is not an error");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("m2m.yaml:1: spec.scopeClaims[1]: warning: \"permissions\" holds every permission the user has"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ok: 1 policies"), "{stdout}");
+}

@@ -75,7 +75,7 @@ pub fn desired_status(
             "Accepted",
             format!("serving cached keys; the last JWKS fetch failed: {error}"),
         ),
-        (PolicyState::Accepted, _) => (true, "Accepted", String::new()),
+        (PolicyState::Accepted, _) => (true, "Accepted", warnings(indexed)),
     };
     let status = if ready { "True" } else { "False" };
     let previous = indexed
@@ -103,6 +103,21 @@ pub fn desired_status(
             last_error: j.last_error.clone(),
         }),
     }
+}
+
+/// The compiled policy's warnings, `warning: field: message; …`.
+fn warnings(indexed: &IndexedPolicy) -> String {
+    indexed.compiled.as_ref().map_or_else(
+        |_| String::new(),
+        |policy| {
+            policy
+                .warnings
+                .iter()
+                .map(|w| format!("warning: {w}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    )
 }
 
 /// Kubernetes times have second precision; truncating keeps a written

@@ -33,6 +33,9 @@ pub struct CompiledPolicy {
     pub claim_headers: Box<[ClaimHeader]>,
     /// Enforce or audit.
     pub mode: Mode,
+    /// What compiles but is probably not what the author meant: reported by
+    /// `validate`, in the status message and the log, never enforced.
+    pub warnings: Vec<FieldError>,
 }
 
 /// A compiled `rules[i]`.
@@ -111,9 +114,13 @@ impl CompiledPolicy {
         if spec.scope_claims.is_empty() {
             errors.add("spec.scopeClaims", "must list at least one claim");
         }
+        let mut warnings = Errors::default();
         for (i, claim) in spec.scope_claims.iter().enumerate() {
             if claim.is_empty() {
                 errors.add(format!("spec.scopeClaims[{i}]"), "must not be empty");
+            }
+            if claim == "permissions" {
+                warnings.add(format!("spec.scopeClaims[{i}]"), PERMISSIONS_WARNING);
             }
         }
 
@@ -152,11 +159,15 @@ impl CompiledPolicy {
                 default_action: spec.default_action,
                 claim_headers: claim_headers.into(),
                 mode: spec.mode,
+                warnings: warnings.0,
             }),
             _ => Err(errors.0),
         }
     }
 }
+
+/// Why counting Auth0's `permissions` as scopes is rarely right.
+const PERMISSIONS_WARNING: &str = "\"permissions\" holds every permission the user has for this API (Auth0 RBAC), not what the user consented to for this client: an agent granted read:orders would pass a delete:orders rule whenever the user could delete. List it only for machine-to-machine APIs, where both claims hold the client's grant";
 
 fn compile_issuer(
     spec: &TokenPolicySpec,

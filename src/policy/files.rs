@@ -61,6 +61,20 @@ pub struct LoadedPolicy {
     pub policy: CompiledPolicy,
 }
 
+impl LoadedPolicy {
+    /// The policy's warnings, located: `file:document: field: warning: …`.
+    pub fn warnings(&self) -> impl Iterator<Item = FileError> + '_ {
+        self.policy.warnings.iter().map(|w| {
+            file_error(
+                &self.file,
+                self.document,
+                w.field.clone(),
+                format!("warning: {}", w.message),
+            )
+        })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PolicyDocument {
@@ -247,6 +261,9 @@ pub fn load_and_publish(
     handle: &SnapshotHandle,
 ) -> Result<usize, Vec<FileError>> {
     let loaded = load(paths)?;
+    for warning in loaded.iter().flat_map(LoadedPolicy::warnings) {
+        tracing::warn!(%warning, "policy warning");
+    }
     let count = loaded.len();
     let candidates = loaded
         .into_iter()

@@ -61,6 +61,9 @@ pub struct TokenPolicySpec {
     pub issuer: IssuerSpec,
     /// Claims whose values are the token's scopes: a string claim is
     /// space-separated, an array claim is a list; the scopes are their union.
+    /// Default: `scope`, `scp` (what the user consented to for this client).
+    /// Auth0's `permissions` lists every permission the user has, whatever
+    /// the agent was granted: list it only for machine-to-machine APIs.
     #[serde(default = "default_scope_claims")]
     #[schemars(length(min = 1, max = 8), inner(length(min = 1, max = 256)))]
     pub scope_claims: Vec<String>,
@@ -277,8 +280,11 @@ pub struct JwksStatus {
     pub last_error: Option<String>,
 }
 
+/// The scopes a user consented to for this client: OAuth `scope` and the
+/// `scp` some issuers use. Not Auth0's `permissions` (see
+/// [`super::compile`]'s warning).
 fn default_scope_claims() -> Vec<String> {
-    ["scope", "scp", "permissions"].map(String::from).to_vec()
+    ["scope", "scp"].map(String::from).to_vec()
 }
 
 fn default_algorithms() -> Vec<String> {

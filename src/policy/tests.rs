@@ -30,10 +30,8 @@ fn defaults_are_applied_at_compile_time() {
         vec![crate::token::Algorithm::RS256]
     );
     assert_eq!(policy.issuer.clock_skew_seconds, 60);
-    assert_eq!(
-        &*policy.scope_claims,
-        &["scope".into(), "scp".into(), "permissions".into()]
-    );
+    assert_eq!(&*policy.scope_claims, &["scope".into(), "scp".into()]);
+    assert!(policy.warnings.is_empty());
     assert_eq!(policy.default_action, DefaultAction::Deny);
     assert_eq!(policy.mode, Mode::Enforce);
     assert_eq!(
@@ -210,4 +208,19 @@ fn a_never_valid_policy_claims_nothing_and_a_broken_one_keeps_its_hosts() {
         }
     ));
     assert!(matches!(states[1].1, PolicyState::HostConflict { .. }));
+}
+
+#[test]
+fn listing_permissions_compiles_with_a_warning_that_says_why() {
+    let mut with_permissions = spec(&["a.example.com"]);
+    with_permissions.scope_claims = vec!["scope".into(), "permissions".into()];
+    let policy = CompiledPolicy::compile("ns/p".into(), &with_permissions).unwrap();
+    assert_eq!(policy.warnings.len(), 1);
+    assert_eq!(policy.warnings[0].field, "spec.scopeClaims[1]");
+    assert!(
+        policy.warnings[0]
+            .message
+            .contains("not what the user consented to")
+    );
+    assert!(policy.warnings[0].message.contains("machine-to-machine"));
 }
