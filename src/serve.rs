@@ -190,6 +190,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     let shutting_down = Arc::new(AtomicBool::new(false));
     let token_cache = Arc::new(TokenCache::new(config.token_cache));
     crate::metrics::watch_token_cache(&token_cache);
+    crate::metrics::watch_policies(&snapshot);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<AuthorizationServer<CheckService>>()

@@ -441,21 +441,7 @@ async fn fetched_content_never_reaches_the_reported_error() {
 /// A policy document for `host` whose keys come from `issuer` (by
 /// discovery unless `jwks_uri` is given).
 fn policy(name: &str, host: &str, issuer: &str, jwks_uri: Option<&str>) -> String {
-    let jwks_uri = jwks_uri.map_or(String::new(), |uri| format!("\n    jwksUri: \"{uri}\""));
-    format!(
-        r#"apiVersion: scopegate.dev/v1alpha1
-kind: TokenPolicy
-metadata: {{name: {name}, namespace: test}}
-spec:
-  hosts: ["{host}"]
-  issuer:
-    url: "{issuer}"{jwks_uri}
-    audiences: ["{aud}"]
-  rules:
-    - paths: ["/**"]
-"#,
-        aud = support::AUDIENCE,
-    )
+    support::host_policy_yaml(name, host, issuer, jwks_uri, r#"[{paths: ["/**"]}]"#)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,7 +202,11 @@ impl JwksCache {
                     Ok(max_age)
                 }
                 Err(error) => {
-                    tracing::warn!(source = %self.source, %error, "JWKS fetch failed; keeping cached keys");
+                    if self.keys.load().is_some() {
+                        tracing::warn!(source = %self.source, %error, "JWKS fetch failed; keeping cached keys");
+                    } else {
+                        tracing::warn!(source = %self.source, %error, "JWKS fetch failed and no keys were ever fetched: the policies using this issuer answer 503");
+                    }
                     if matches!(self.source, JwksSource::Discovery { .. }) {
                         state.jwks_uri = None; // rediscover next time
                     }

@@ -281,6 +281,7 @@ pub fn watch(
     registry: JwksRegistry,
     handle: SnapshotHandle,
 ) -> notify::Result<notify::RecommendedWatcher> {
+    crate::metrics::policy_reloads_watched();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
@@ -305,11 +306,15 @@ pub fn watch(
             tokio::time::sleep(Duration::from_millis(200)).await;
             while rx.try_recv().is_ok() {}
             match load_and_publish(&paths, &registry, &handle) {
-                Ok(count) => tracing::info!(policies = count, "reloaded policy files"),
+                Ok(count) => {
+                    handle.record_reload(Vec::new());
+                    tracing::info!(policies = count, "reloaded policy files");
+                }
                 Err(errors) => {
                     for error in &errors {
                         tracing::error!(%error, "invalid policy file; keeping the last good policies");
                     }
+                    handle.record_reload(errors.iter().map(ToString::to_string).collect());
                 }
             }
         }

@@ -12,7 +12,8 @@ pub mod spec;
 pub use compile::{ClaimHeader, CompiledPolicy, CompiledRule, FieldError, PolicyId};
 pub use matching::{AmbiguousPath, HostPattern, PathPattern, RequestPath, normalize_host};
 pub use snapshot::{
-    Candidate, PolicySnapshot, PolicyState, ServedPolicy, SnapshotHandle, Verification,
+    Candidate, PolicySnapshot, PolicyState, ReportedState, ServedPolicy, SnapshotHandle,
+    Verification,
 };
 pub use spec::{DefaultAction, Mode, TokenPolicy, TokenPolicySpec};
 

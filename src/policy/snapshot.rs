@@ -114,6 +114,51 @@ impl PolicyState {
     }
 }
 
+/// How a policy is reported (`/readyz`, `scopegate_policies{state}`,
+/// `status`): its [`PolicyState`], with an accepted policy whose issuer keys
+/// were never fetched told apart, since it answers 503 to every Check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportedState {
+    /// Serving, with keys.
+    Accepted,
+    /// Accepted, but no signing key was ever fetched: every Check is a 503.
+    JwksUnavailable,
+    /// The spec does not compile.
+    Invalid,
+    /// Lost a host to an older policy.
+    HostConflict,
+}
+
+impl ReportedState {
+    /// Every state, in metric order.
+    pub const ALL: [ReportedState; 4] = [
+        ReportedState::Accepted,
+        ReportedState::JwksUnavailable,
+        ReportedState::Invalid,
+        ReportedState::HostConflict,
+    ];
+
+    /// The `Ready` reason and `/readyz` state: `Accepted`, `JwksUnavailable`, ….
+    pub fn reason(self) -> &'static str {
+        match self {
+            ReportedState::Accepted => "Accepted",
+            ReportedState::JwksUnavailable => "JwksUnavailable",
+            ReportedState::Invalid => "Invalid",
+            ReportedState::HostConflict => "HostConflict",
+        }
+    }
+
+    /// The `state` label of `scopegate_policies`: `accepted`, `jwks_unavailable`, ….
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            ReportedState::Accepted => "accepted",
+            ReportedState::JwksUnavailable => "jwks_unavailable",
+            ReportedState::Invalid => "invalid",
+            ReportedState::HostConflict => "host_conflict",
+        }
+    }
+}
+
 /// A policy offered to [`PolicySnapshot::build`].
 #[derive(Debug)]
 pub struct Candidate {
@@ -144,6 +189,8 @@ pub struct PolicySnapshot {
     exact: HashMap<Box<str>, usize>,
     wildcard: HashMap<Box<str>, usize>,
     states: Vec<(PolicyId, PolicyState)>,
+    /// `served` by policy id.
+    served_by_id: HashMap<PolicyId, usize>,
 }
 
 impl PolicySnapshot {
@@ -168,6 +215,7 @@ impl PolicySnapshot {
                 };
             }
             let keys = registry.cache(&policy.jwks_source);
+            snapshot.served_by_id.insert(policy.id.clone(), index);
             snapshot
                 .served
                 .push(Arc::new(ServedPolicy::new(policy, keys)));
@@ -204,6 +252,29 @@ impl PolicySnapshot {
     /// Every candidate's state, in build order.
     pub fn states(&self) -> &[(PolicyId, PolicyState)] {
         &self.states
+    }
+
+    /// The served policy with this id.
+    pub fn served_by_id(&self, id: &str) -> Option<&Arc<ServedPolicy>> {
+        self.served_by_id.get(id).map(|&i| &self.served[i])
+    }
+
+    /// Every candidate's state and how it is reported now (key caches
+    /// change between snapshots, so this is computed on each call).
+    pub fn reported(&self) -> impl Iterator<Item = (&PolicyId, &PolicyState, ReportedState)> {
+        self.states.iter().map(|(id, state)| {
+            let reported = match state {
+                PolicyState::Accepted => match self.served_by_id(id) {
+                    Some(served) if served.keys.current().is_none() => {
+                        ReportedState::JwksUnavailable
+                    }
+                    _ => ReportedState::Accepted,
+                },
+                PolicyState::Invalid { .. } => ReportedState::Invalid,
+                PolicyState::HostConflict { .. } => ReportedState::HostConflict,
+            };
+            (id, state, reported)
+        })
     }
 }
 
@@ -287,6 +358,22 @@ fn namespace_of(id: &str) -> &str {
 pub struct SnapshotHandle {
     current: Arc<ArcSwap<PolicySnapshot>>,
     loaded: Arc<std::sync::atomic::AtomicBool>,
+    last_reload: Arc<std::sync::Mutex<Option<ReloadReport>>>,
+}
+
+/// The outcome of the policy source's last reload (files mode), for
+/// `/readyz`: a rejected reload keeps the last good policies serving and is
+/// reported here until a reload succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadReport {
+    /// When it happened (RFC 3339).
+    pub time: String,
+    /// `success` or `invalid`.
+    pub result: &'static str,
+    /// `file:document: field: message` lines of a rejected reload.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 impl SnapshotHandle {
@@ -296,9 +383,7 @@ impl SnapshotHandle {
     }
 
     /// Replaces the snapshot; the first call marks policies as loaded.
-    /// Updates `scopegate_policies{state}`.
     pub fn publish(&self, snapshot: PolicySnapshot) {
-        crate::metrics::policies_published(snapshot.states().iter().map(|(_, state)| state));
         self.current.store(Arc::new(snapshot));
         self.loaded
             .store(true, std::sync::atomic::Ordering::Release);
@@ -307,5 +392,28 @@ impl SnapshotHandle {
     /// Whether a snapshot has been published.
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records a reload of the policy source: `errors` empty for one that
+    /// was published, else why it was rejected. Counts
+    /// `scopegate_policy_reloads_total{result}`.
+    pub fn record_reload(&self, errors: Vec<String>) {
+        let result = if errors.is_empty() {
+            "success"
+        } else {
+            "invalid"
+        };
+        crate::metrics::policy_reload(result);
+        let report = ReloadReport {
+            time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            result,
+            errors,
+        };
+        *self.last_reload.lock().expect("never poisoned") = Some(report);
+    }
+
+    /// The last reload's outcome, if the source reloads.
+    pub fn last_reload(&self) -> Option<ReloadReport> {
+        self.last_reload.lock().expect("never poisoned").clone()
     }
 }

@@ -370,6 +370,31 @@ spec:
     )
 }
 
+/// A policy document (namespace `test`) for `host` alone, whose keys come
+/// from `issuer` (by discovery unless `jwks_uri` is given), with these rules
+/// (YAML flow sequence).
+pub fn host_policy_yaml(
+    name: &str,
+    host: &str,
+    issuer: &str,
+    jwks_uri: Option<&str>,
+    rules: &str,
+) -> String {
+    let jwks_uri = jwks_uri.map_or(String::new(), |uri| format!("\n    jwksUri: \"{uri}\""));
+    format!(
+        r#"apiVersion: scopegate.dev/v1alpha1
+kind: TokenPolicy
+metadata: {{name: {name}, namespace: test}}
+spec:
+  hosts: ["{host}"]
+  issuer:
+    url: "{issuer}"{jwks_uri}
+    audiences: ["{AUDIENCE}"]
+  rules: {rules}
+"#
+    )
+}
+
 /// `count` policies for hosts `api-0.example.com`, `api-1.example.com`, …
 /// that trust one issuer, each requiring `scopes` scopes (`scope:0`, …) on
 /// `GET /orders/*`: the policy set of the benchmarks.

@@ -146,15 +146,29 @@ impl ScopegateProcess {
             .map_or(0, |r| r.status().as_u16())
     }
 
-    /// JWKS fetch attempts so far, over all sources (from `/readyz`).
-    pub async fn jwks_attempts(&self) -> u64 {
-        let readyz: serde_json::Value = reqwest::get(format!("http://{}/readyz", self.admin_addr))
+    /// The `/readyz` body.
+    pub async fn readyz_body(&self) -> serde_json::Value {
+        reqwest::get(format!("http://{}/readyz", self.admin_addr))
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        readyz["jwks"]
+            .unwrap()
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// JWKS fetch attempts so far, over all sources (from `/readyz`).
+    pub async fn jwks_attempts(&self) -> u64 {
+        self.readyz_body().await["jwks"]
             .as_array()
             .unwrap()
             .iter()
