@@ -352,8 +352,16 @@ async fn missing_scope_is_403_naming_the_missing_scopes() {
 }
 
 #[tokio::test]
-async fn scopes_are_the_union_of_the_scope_string_and_permissions_array() {
-    let (jwks, sg) = standard().await;
+async fn listed_scope_claims_are_a_union_of_a_string_and_an_array() {
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let rules = format!("  scopeClaims: [scope, permissions]\n{STANDARD_RULES}");
+    let sg = Scopegate::start(&policy_yaml(
+        "orders",
+        &jwks.issuer(),
+        &jwks.jwks_uri(),
+        &rules,
+    ))
+    .await;
     let mut c = claims(&jwks.issuer());
     c["scope"] = json!("delete:orders");
     c["permissions"] = json!(["admin:orders"]);
