@@ -11,6 +11,7 @@ fuzz_target!(|data: &[u8]| {
         audiences: vec!["api".into()].into(),
         algorithms: [Algorithm::RS256].into_iter().collect(),
         clock_skew_seconds: 60,
+        token_types: None,
     };
     if let Ok(token) = validate_unsigned_claims_for_fuzzing(data, &rules, 1_800_000_000) {
         // Whatever passed has the properties validation promises.

@@ -19,6 +19,7 @@ static RULES: LazyLock<IssuerRules> = LazyLock::new(|| IssuerRules {
     audiences: vec!["api".into()].into(),
     algorithms: Algorithm::ALL.into_iter().collect(),
     clock_skew_seconds: 60,
+    token_types: None,
 });
 
 fuzz_target!(|data: &[u8]| {

@@ -210,21 +210,26 @@ fn rule_name(rule: Option<&CompiledRule>) -> Cow<'static, str> {
     rule.map_or(Cow::Borrowed("default"), |r| Cow::Owned(r.name.to_string()))
 }
 
-/// Verifies a token against the policy's issuer rules and keys, or takes it
-/// from `cache` when it verified before under the same rules and key.
+/// Verifies a token against the rules and keys of the policy's issuer that
+/// its `iss` names (the only issuer, when there is one), or takes it from
+/// `cache` when it verified before under the same rules and key.
 pub async fn verify(
     served: &ServedPolicy,
     cache: &TokenCache,
     token: &str,
 ) -> Result<Arc<PreparedToken>, Denial> {
     let now = unix_now();
-    if let Some(cached) = cache.get(token, &served.verification, &served.keys, now) {
+    if let Some(cached) = cache.get(token, &served.issuers, now) {
         return Ok(cached);
     }
-    let issuer = &served.policy.issuer;
+    let policy = &served.policy;
     let unverified =
-        UnverifiedToken::parse(token, issuer.algorithms).map_err(|e| Denial::invalid_token(&e))?;
-    let keys = served
+        UnverifiedToken::parse(token, policy.algorithms()).map_err(|e| Denial::invalid_token(&e))?;
+    let index = policy
+        .issuer_index(|| unverified.unverified_issuer())
+        .ok_or_else(|| Denial::invalid_token(&TokenError::WrongIssuer))?;
+    let (issuer, served_issuer) = (&policy.issuers[index].rules, &served.issuers[index]);
+    let keys = served_issuer
         .keys
         .keys_for(unverified.key_id())
         .await
@@ -243,9 +248,9 @@ pub async fn verify(
     let verified = unverified
         .verify(key, issuer, now)
         .map_err(|e| Denial::invalid_token(&e))?;
-    let prepared = Arc::new(PreparedToken::new(verified, &served.policy.scope_claims));
+    let prepared = Arc::new(PreparedToken::new(verified, &policy.scope_claims));
     if let Some(binding) = binding {
-        let verification = served.verification.clone();
+        let verification = served_issuer.verification.clone();
         cache.insert(token, prepared.clone(), verification, binding, now);
     }
     Ok(prepared)

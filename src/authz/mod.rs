@@ -223,7 +223,8 @@ impl<'a> Outcome<'a> {
             span.record("rule", self.rule);
             span.record("decision", self.decision.as_str());
             span.record("reason", self.reason);
-            span.record("issuer", policy.map(|p| &*p.issuer.issuer));
+            let issuer = self.token.and_then(|t| t.string_claim("iss"));
+            span.record("issuer", issuer);
             span.record("azp", azp);
         }
         self.log(azp);

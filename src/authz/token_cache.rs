@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 
 use crate::jwks::{JwksCache, KeyFingerprint};
-use crate::policy::Verification;
+use crate::policy::{ServedIssuer, Verification};
 use crate::token::{Algorithm, VerifiedToken};
 
 /// Size and lifetime bounds of the cache.
@@ -168,14 +168,25 @@ impl Entry {
             + CACHE_NODE_BYTES
     }
 
-    fn still_valid(&self, verification: &Arc<Verification>, keys: &JwksCache, now: u64) -> bool {
+    /// Whether the entry still holds for a policy with these issuers: one
+    /// of them verifies under the entry's rules, and its current keys still
+    /// hold the key that verified the token.
+    fn still_valid(&self, issuers: &[ServedIssuer], now: u64) -> bool {
         now < self.valid_until
-            && (Arc::ptr_eq(&self.verification, verification)
-                || *self.verification == **verification)
-            && keys.current().is_some_and(|set| {
-                set.fingerprint(self.key.kid.as_deref(), self.key.algorithm)
-                    == Some(self.key.fingerprint)
-            })
+            && issuers
+                .iter()
+                .find(|issuer| {
+                    Arc::ptr_eq(&self.verification, &issuer.verification)
+                        || *self.verification == *issuer.verification
+                })
+                .is_some_and(|issuer| self.key_still_published(&issuer.keys))
+    }
+
+    fn key_still_published(&self, keys: &JwksCache) -> bool {
+        keys.current().is_some_and(|set| {
+            set.fingerprint(self.key.kid.as_deref(), self.key.algorithm)
+                == Some(self.key.fingerprint)
+        })
     }
 }
 
@@ -258,20 +269,19 @@ impl TokenCache {
         self.entries.is_some()
     }
 
-    /// The prepared token cached for `token`, if the entry still holds under
-    /// `verification` and the issuer's current `keys` at `now` (Unix
-    /// seconds). Counts a hit or a miss; an entry that no longer holds is
-    /// dropped.
+    /// The prepared token cached for `token`, if the entry still holds for
+    /// one of a policy's `issuers` (its rules and its current keys) at `now`
+    /// (Unix seconds). Counts a hit or a miss; an entry that no longer holds
+    /// is dropped.
     pub fn get(
         &self,
         token: &str,
-        verification: &Arc<Verification>,
-        keys: &JwksCache,
+        issuers: &[ServedIssuer],
         now: u64,
     ) -> Option<Arc<PreparedToken>> {
         let entries = self.entries.as_ref()?;
         match entries.get(token) {
-            Some(entry) if entry.still_valid(verification, keys, now) => {
+            Some(entry) if entry.still_valid(issuers, now) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::token_cache_hit();
                 Some(entry.prepared.clone())

@@ -233,7 +233,11 @@ fn parse_public_key(jwk: &Jwk, alg: Algorithm) -> Option<ParsedPublicKey> {
         }
         (KeyFamily::Ec(curve), "EC") if jwk.crv.as_deref() == Some(curve) => {
             let (x, y) = (component(&jwk.x)?, component(&jwk.y)?);
-            let coordinate_len = if curve == "P-256" { 32 } else { 48 };
+            let coordinate_len = match curve {
+                "P-256" => 32,
+                "P-384" => 48,
+                _ => 66, // P-521
+            };
             if x.len() != coordinate_len || y.len() != coordinate_len {
                 return None;
             }

@@ -436,6 +436,7 @@ mod tests {
                 last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
             }],
             jwks: None,
+            issuers: Vec::new(),
         });
         let mut index = PolicyIndex::default();
         let scope = Scope::All;

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, watch};
 
 use super::index::{IndexedPolicy, ObjectKey, PolicyIndex};
 use crate::jwks::JwksState;
-use crate::policy::spec::{JwksStatus, TokenPolicyStatus};
+use crate::policy::spec::{IssuerStatus, JwksStatus, TokenPolicyStatus};
 use crate::policy::{PolicyState, SnapshotHandle, TokenPolicy};
 
 /// The field manager of every status write.
@@ -23,23 +23,49 @@ pub const FIELD_MANAGER: &str = "scopegate";
 /// echoed it yet; entries older than this are pruned.
 const ECHO_WAIT: Duration = Duration::from_secs(5);
 
+/// One issuer's key cache, as the status reports it.
+#[derive(Debug, Clone)]
+pub struct IssuerKeys {
+    /// The issuer (`iss`).
+    pub url: String,
+    /// Its key cache's health.
+    pub state: JwksState,
+}
+
 /// The status `indexed` should have, given its state in the snapshot and its
-/// issuer's key cache. `lastTransitionTime` is kept from the current
+/// issuers' key caches. `lastTransitionTime` is kept from the current
 /// condition while the condition's status does not change.
 pub fn desired_status(
     indexed: &IndexedPolicy,
     state: &PolicyState,
-    jwks: Option<&JwksState>,
+    issuers: &[IssuerKeys],
     now: SystemTime,
 ) -> TokenPolicyStatus {
-    let (ready, reason, message) = match (state, jwks) {
-        (
-            PolicyState::Invalid {
-                errors,
-                serving_last_good,
-            },
-            _,
-        ) => {
+    // Which issuer a message is about, when there are several.
+    let about = |issuer: &IssuerKeys| {
+        if issuers.len() > 1 {
+            format!("issuer {}: ", issuer.url)
+        } else {
+            String::new()
+        }
+    };
+    let keyless: Vec<String> = issuers
+        .iter()
+        .filter(|i| i.state.keys == 0)
+        .map(|i| {
+            let error = i.state.last_error.as_deref().unwrap_or("signing keys not fetched yet");
+            format!("{}{error}", about(i))
+        })
+        .collect();
+    let failing: Vec<String> = issuers
+        .iter()
+        .filter_map(|i| Some(format!("{}{}", about(i), i.state.last_error.as_deref()?)))
+        .collect();
+    let (ready, reason, message) = match state {
+        PolicyState::Invalid {
+            errors,
+            serving_last_good,
+        } => {
             let errors = errors
                 .iter()
                 .map(ToString::to_string)
@@ -52,30 +78,25 @@ pub fn desired_status(
             };
             (false, "Invalid", message)
         }
-        (conflict @ PolicyState::HostConflict { .. }, _) => (
+        conflict @ PolicyState::HostConflict { .. } => (
             false,
             "HostConflict",
             conflict.conflict_message().unwrap_or_default(),
         ),
-        (PolicyState::Accepted, Some(jwks)) if jwks.keys == 0 => (
-            false,
-            "JwksUnavailable",
-            jwks.last_error
-                .clone()
-                .unwrap_or_else(|| "signing keys not fetched yet".into()),
-        ),
-        (
-            PolicyState::Accepted,
-            Some(JwksState {
-                last_error: Some(error),
-                ..
-            }),
-        ) => (
-            true,
-            "Accepted",
-            format!("serving cached keys; the last JWKS fetch failed: {error}"),
-        ),
-        (PolicyState::Accepted, _) => (true, "Accepted", warnings(indexed)),
+        PolicyState::Accepted if !keyless.is_empty() => {
+            (false, "JwksUnavailable", keyless.join("; "))
+        }
+        PolicyState::Accepted => {
+            let mut notes = Vec::new();
+            if !failing.is_empty() {
+                notes.push(format!(
+                    "serving cached keys; the last JWKS fetch failed: {}",
+                    failing.join("; ")
+                ));
+            }
+            notes.extend(warnings(indexed));
+            (true, "Accepted", notes.join("; "))
+        }
     };
     let status = if ready { "True" } else { "False" };
     let previous = indexed
@@ -96,26 +117,41 @@ pub fn desired_status(
             observed_generation: indexed.generation,
             last_transition_time,
         }],
-        jwks: jwks.map(|j| JwksStatus {
-            uri: j.jwks_uri.clone().or_else(|| Some(j.source.clone())),
-            keys: u32::try_from(j.keys).unwrap_or(u32::MAX),
-            last_fetch_time: j.last_success.map(to_time),
-            last_error: j.last_error.clone(),
-        }),
+        jwks: issuers.first().map(|i| jwks_status(&i.state)),
+        issuers: if issuers.len() > 1 {
+            issuers
+                .iter()
+                .map(|i| IssuerStatus {
+                    url: i.url.clone(),
+                    jwks: jwks_status(&i.state),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 
-/// The compiled policy's warnings, `warning: field: message; …`.
-fn warnings(indexed: &IndexedPolicy) -> String {
+/// A key cache as `status.jwks` reports it.
+fn jwks_status(state: &JwksState) -> JwksStatus {
+    JwksStatus {
+        uri: state.jwks_uri.clone().or_else(|| Some(state.source.clone())),
+        keys: u32::try_from(state.keys).unwrap_or(u32::MAX),
+        last_fetch_time: state.last_success.map(to_time),
+        last_error: state.last_error.clone(),
+    }
+}
+
+/// The compiled policy's warnings, `warning: field: message` each.
+fn warnings(indexed: &IndexedPolicy) -> Vec<String> {
     indexed.compiled.as_ref().map_or_else(
-        |_| String::new(),
+        |_| Vec::new(),
         |policy| {
             policy
                 .warnings
                 .iter()
                 .map(|w| format!("warning: {w}"))
-                .collect::<Vec<_>>()
-                .join("; ")
+                .collect()
         },
     )
 }
@@ -201,10 +237,22 @@ impl StatusWriter {
         let snapshot = self.snapshot.load();
         let states: HashMap<&str, &PolicyState> =
             snapshot.states().iter().map(|(id, s)| (&**id, s)).collect();
-        let jwks: HashMap<&str, JwksState> = snapshot
+        let jwks: HashMap<&str, Vec<IssuerKeys>> = snapshot
             .served()
             .iter()
-            .map(|p| (&*p.policy.id, p.keys.state()))
+            .map(|p| {
+                let issuers = p
+                    .policy
+                    .issuers
+                    .iter()
+                    .zip(&p.issuers)
+                    .map(|(compiled, served)| IssuerKeys {
+                        url: compiled.rules.issuer.to_string(),
+                        state: served.keys.state(),
+                    })
+                    .collect();
+                (&*p.policy.id, issuers)
+            })
             .collect();
         let index = self.index.lock().expect("index lock is never poisoned");
         let now = SystemTime::now();
@@ -213,7 +261,8 @@ impl StatusWriter {
             .filter_map(|(key, indexed)| {
                 let id = key.id();
                 let state = states.get(&*id)?;
-                let desired = desired_status(indexed, state, jwks.get(&*id), now);
+                let issuers = jwks.get(&*id).map_or(&[][..], Vec::as_slice);
+                let desired = desired_status(indexed, state, issuers, now);
                 let unchanged = indexed.status.as_ref() == Some(&desired);
                 let just_written = recently_written
                     .get(key)
@@ -256,6 +305,13 @@ mod tests {
         }
     }
 
+    fn one(state: JwksState) -> Vec<IssuerKeys> {
+        vec![IssuerKeys {
+            url: "https://tenant.example.com/".into(),
+            state,
+        }]
+    }
+
     fn ready(status: &TokenPolicyStatus) -> (&str, &str, &str) {
         let c = &status.conditions[0];
         (c.status.as_str(), c.reason.as_str(), c.message.as_str())
@@ -265,7 +321,7 @@ mod tests {
     fn each_state_maps_to_a_ready_condition() {
         let now = SystemTime::now();
         let policy = indexed(None);
-        let accepted = desired_status(&policy, &PolicyState::Accepted, Some(&jwks(2, None)), now);
+        let accepted = desired_status(&policy, &PolicyState::Accepted, &one(jwks(2, None)), now);
         assert_eq!(ready(&accepted), ("True", "Accepted", ""));
         assert_eq!(accepted.observed_generation, Some(3));
         assert_eq!(accepted.jwks.as_ref().unwrap().keys, 2);
@@ -273,7 +329,7 @@ mod tests {
         let stale = desired_status(
             &policy,
             &PolicyState::Accepted,
-            Some(&jwks(2, Some("HTTP 500"))),
+            &one(jwks(2, Some("HTTP 500"))),
             now,
         );
         assert_eq!(ready(&stale).0, "True");
@@ -282,7 +338,7 @@ mod tests {
         let unavailable = desired_status(
             &policy,
             &PolicyState::Accepted,
-            Some(&jwks(0, Some("refused"))),
+            &one(jwks(0, Some("refused"))),
             now,
         );
         assert_eq!(ready(&unavailable), ("False", "JwksUnavailable", "refused"));
@@ -295,11 +351,11 @@ mod tests {
             serving_last_good,
         };
         assert_eq!(
-            ready(&desired_status(&policy, &invalid(false), None, now)),
+            ready(&desired_status(&policy, &invalid(false), &[], now)),
             ("False", "Invalid", "spec.hosts: empty")
         );
         assert_eq!(
-            ready(&desired_status(&policy, &invalid(true), None, now)).2,
+            ready(&desired_status(&policy, &invalid(true), &[], now)).2,
             "spec.hosts: empty (the last valid version keeps serving)"
         );
 
@@ -309,7 +365,7 @@ mod tests {
             winner_host: "x.example.com".into(),
         };
         assert_eq!(
-            ready(&desired_status(&policy, &conflict, None, now)).2,
+            ready(&desired_status(&policy, &conflict, &[], now)).2,
             "host x.example.com is already claimed by policy a/old"
         );
     }
@@ -321,14 +377,14 @@ mod tests {
         let written = desired_status(
             &indexed(None),
             &PolicyState::Accepted,
-            Some(&jwks(1, None)),
+            &one(jwks(1, None)),
             first,
         );
         let observed = indexed(Some(written.clone()));
         let again = desired_status(
             &observed,
             &PolicyState::Accepted,
-            Some(&jwks(1, None)),
+            &one(jwks(1, None)),
             later,
         );
         assert_eq!(again, written, "nothing changed, so nothing to write");
@@ -336,7 +392,7 @@ mod tests {
         let flipped = desired_status(
             &observed,
             &PolicyState::Accepted,
-            Some(&jwks(0, Some("x"))),
+            &one(jwks(0, Some("x"))),
             later,
         );
         assert_eq!(flipped.conditions[0].last_transition_time, to_time(later));

@@ -5,7 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::matching::{HostPattern, PathPattern};
-use super::spec::{DefaultAction, Mode, RuleSpec, TokenPolicySpec, is_reserved_header};
+use super::spec::{
+    DefaultAction, IssuerSpec, Mode, RuleSpec, TokenPolicySpec, is_reserved_header,
+};
 use crate::jwks::JwksSource;
 use crate::token::{Algorithm, AlgorithmSet, IssuerRules};
 
@@ -19,10 +21,8 @@ pub struct CompiledPolicy {
     pub id: PolicyId,
     /// The hosts it claims.
     pub hosts: Vec<HostPattern>,
-    /// What tokens must say.
-    pub issuer: IssuerRules,
-    /// Where the issuer's keys are.
-    pub jwks_source: JwksSource,
+    /// The issuers whose tokens it accepts (at least one; `iss` values unique).
+    pub issuers: Box<[CompiledIssuer]>,
     /// Claims that carry scopes.
     pub scope_claims: Box<[Box<str>]>,
     /// Rules in order; the first match decides.
@@ -36,6 +36,36 @@ pub struct CompiledPolicy {
     /// What compiles but is probably not what the author meant: reported by
     /// `validate`, in the status message and the log, never enforced.
     pub warnings: Vec<FieldError>,
+}
+
+/// A compiled `issuer` (or `issuers[i]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledIssuer {
+    /// What its tokens must say.
+    pub rules: IssuerRules,
+    /// Where its keys are.
+    pub jwks_source: JwksSource,
+}
+
+impl CompiledPolicy {
+    /// The issuer whose `iss` is `iss`, or the only issuer when there is
+    /// one (its `iss` is then checked with the claims).
+    pub fn issuer_index(&self, iss: impl FnOnce() -> Option<String>) -> Option<usize> {
+        if self.issuers.len() == 1 {
+            return Some(0);
+        }
+        let iss = iss()?;
+        self.issuers.iter().position(|i| *i.rules.issuer == *iss)
+    }
+
+    /// The union of the issuers' algorithms (what a token's header may name
+    /// before its issuer is known).
+    pub fn algorithms(&self) -> AlgorithmSet {
+        self.issuers
+            .iter()
+            .flat_map(|i| i.rules.algorithms.iter())
+            .collect()
+    }
 }
 
 /// A compiled `rules[i]`.
@@ -109,7 +139,7 @@ impl CompiledPolicy {
             .filter_map(|(i, h)| errors.check(format!("spec.hosts[{i}]"), HostPattern::parse(h)))
             .collect();
 
-        let issuer = compile_issuer(spec, &mut errors);
+        let issuers = compile_issuers(spec, &mut errors);
 
         if spec.scope_claims.is_empty() {
             errors.add("spec.scopeClaims", "must list at least one claim");
@@ -148,12 +178,11 @@ impl CompiledPolicy {
             });
         }
 
-        match (errors.0.is_empty(), issuer) {
-            (true, Some((issuer, jwks_source))) => Ok(CompiledPolicy {
+        match (errors.0.is_empty(), issuers) {
+            (true, Some(issuers)) => Ok(CompiledPolicy {
                 id,
                 hosts,
-                issuer,
-                jwks_source,
+                issuers,
                 scope_claims: boxed_strs(&spec.scope_claims),
                 rules,
                 default_action: spec.default_action,
@@ -169,22 +198,57 @@ impl CompiledPolicy {
 /// Why counting Auth0's `permissions` as scopes is rarely right.
 const PERMISSIONS_WARNING: &str = "\"permissions\" holds every permission the user has for this API (Auth0 RBAC), not what the user consented to for this client: an agent granted read:orders would pass a delete:orders rule whenever the user could delete. List it only for machine-to-machine APIs, where both claims hold the client's grant";
 
-fn compile_issuer(
-    spec: &TokenPolicySpec,
-    errors: &mut Errors,
-) -> Option<(IssuerRules, JwksSource)> {
-    let issuer = &spec.issuer;
+/// The `issuer` or `issuers` of a policy, compiled; exactly one must be set
+/// and `iss` values must be unique.
+fn compile_issuers(spec: &TokenPolicySpec, errors: &mut Errors) -> Option<Box<[CompiledIssuer]>> {
+    let specs: Vec<(String, &IssuerSpec)> = match (&spec.issuer, &spec.issuers) {
+        (Some(issuer), None) => vec![("spec.issuer".to_string(), issuer)],
+        (None, Some(issuers)) if !issuers.is_empty() => issuers
+            .iter()
+            .enumerate()
+            .map(|(i, issuer)| (format!("spec.issuers[{i}]"), issuer))
+            .collect(),
+        (None, Some(_)) => {
+            errors.add("spec.issuers", "must list at least one issuer");
+            return None;
+        }
+        (None, None) => {
+            errors.add("spec.issuer", "is required (or issuers, for several)");
+            return None;
+        }
+        (Some(_), Some(_)) => {
+            errors.add("spec.issuers", "set exactly one of issuer and issuers");
+            return None;
+        }
+    };
+    let mut compiled: Vec<CompiledIssuer> = Vec::with_capacity(specs.len());
+    let mut ok = true;
+    for (field, issuer) in specs {
+        if compiled.iter().any(|c| *c.rules.issuer == *issuer.url) {
+            errors.add(format!("{field}.url"), "is listed by an earlier entry");
+            ok = false;
+        }
+        match compile_issuer(&field, issuer, errors) {
+            Some(issuer) => compiled.push(issuer),
+            None => ok = false,
+        }
+    }
+    ok.then(|| compiled.into())
+}
+
+/// One issuer entry, its fields reported under `field`.
+fn compile_issuer(field: &str, issuer: &IssuerSpec, errors: &mut Errors) -> Option<CompiledIssuer> {
     let mut ok = true;
     if issuer.audiences.is_empty() {
         errors.add(
-            "spec.issuer.audiences",
+            format!("{field}.audiences"),
             "must list at least one audience (the Auth0 API identifier)",
         );
         ok = false;
     }
     for (i, aud) in issuer.audiences.iter().enumerate() {
         if aud.is_empty() {
-            errors.add(format!("spec.issuer.audiences[{i}]"), "must not be empty");
+            errors.add(format!("{field}.audiences[{i}]"), "must not be empty");
             ok = false;
         }
     }
@@ -193,51 +257,60 @@ fn compile_issuer(
         match name.parse::<Algorithm>() {
             Ok(alg) => algorithms.insert(alg),
             Err(e) => {
-                errors.add(
-                    format!("spec.issuer.algorithms[{i}]"),
-                    format!("{name:?}: {e}"),
-                );
+                errors.add(format!("{field}.algorithms[{i}]"), format!("{name:?}: {e}"));
                 ok = false;
             }
         }
     }
     if issuer.algorithms.is_empty() {
         errors.add(
-            "spec.issuer.algorithms",
+            format!("{field}.algorithms"),
             "must list at least one algorithm (or be omitted for [RS256])",
         );
         ok = false;
     }
     if issuer.clock_skew_seconds > 600 {
-        errors.add("spec.issuer.clockSkewSeconds", "must be at most 600");
+        errors.add(format!("{field}.clockSkewSeconds"), "must be at most 600");
         ok = false;
+    }
+    let mut token_types = Vec::with_capacity(issuer.token_types.len());
+    for (i, token_type) in issuer.token_types.iter().enumerate() {
+        match crate::token::normalize_token_type(token_type) {
+            Some(normalized) => token_types.push(normalized),
+            None => {
+                errors.add(
+                    format!("{field}.tokenTypes[{i}]"),
+                    format!("{token_type:?} is not a media type such as at+jwt"),
+                );
+                ok = false;
+            }
+        }
     }
     let source = match &issuer.jwks_uri {
         Some(uri) => errors
-            .check("spec.issuer.jwksUri".to_string(), parse_fetch_url(uri))
+            .check(format!("{field}.jwksUri"), parse_fetch_url(uri))
             .map(JwksSource::Uri),
         None => errors
-            .check("spec.issuer.url".to_string(), discovery_url(&issuer.url))
+            .check(format!("{field}.url"), discovery_url(&issuer.url))
             .map(|configuration| JwksSource::Discovery {
                 issuer: issuer.url.clone(),
                 configuration,
             }),
     };
     if issuer.url.is_empty() {
-        errors.add("spec.issuer.url", "must not be empty");
+        errors.add(format!("{field}.url"), "must not be empty");
         ok = false;
     }
-    let source = source?;
-    ok.then(|| {
-        (
-            IssuerRules {
-                issuer: issuer.url.as_str().into(),
-                audiences: boxed_strs(&issuer.audiences),
-                algorithms,
-                clock_skew_seconds: issuer.clock_skew_seconds.into(),
-            },
-            source,
-        )
+    let jwks_source = source?;
+    ok.then(|| CompiledIssuer {
+        rules: IssuerRules {
+            issuer: issuer.url.as_str().into(),
+            audiences: boxed_strs(&issuer.audiences),
+            algorithms,
+            clock_skew_seconds: issuer.clock_skew_seconds.into(),
+            token_types: (!token_types.is_empty()).then(|| token_types.into()),
+        },
+        jwks_source,
     })
 }
 

@@ -9,11 +9,13 @@ mod matching;
 mod snapshot;
 pub mod spec;
 
-pub use compile::{ClaimHeader, CompiledPolicy, CompiledRule, FieldError, PolicyId};
+pub use compile::{
+    ClaimHeader, CompiledIssuer, CompiledPolicy, CompiledRule, FieldError, PolicyId,
+};
 pub use matching::{AmbiguousPath, HostPattern, PathPattern, RequestPath, normalize_host};
 pub use snapshot::{
-    Candidate, PolicySnapshot, PolicyState, ReportedState, ServedPolicy, SnapshotHandle,
-    Verification,
+    Candidate, PolicySnapshot, PolicyState, ReportedState, ServedIssuer, ServedPolicy,
+    SnapshotHandle, Verification,
 };
 pub use spec::{DefaultAction, Mode, TokenPolicy, TokenPolicySpec};
 

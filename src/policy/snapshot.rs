@@ -7,33 +7,49 @@ use arc_swap::ArcSwap;
 
 use super::compile::{CompiledPolicy, FieldError, PolicyId};
 use super::matching::HostPattern;
-use crate::jwks::{JwksCache, JwksRegistry};
+use crate::jwks::{JwksCache, JwksRegistry, JwksSource};
 use crate::token::IssuerRules;
 
-/// A compiled policy bound to its issuer's key cache.
+/// A compiled policy bound to its issuers' key caches.
 #[derive(Debug)]
 pub struct ServedPolicy {
     /// The compiled policy.
     pub policy: CompiledPolicy,
+    /// One per `policy.issuers` entry, in the same order.
+    pub issuers: Box<[ServedIssuer]>,
+}
+
+/// One issuer of a served policy.
+#[derive(Debug)]
+pub struct ServedIssuer {
     /// The issuer's keys.
     pub keys: Arc<JwksCache>,
-    /// What verifying a token for this policy depends on, shared with the
+    /// What verifying a token of this issuer depends on, shared with the
     /// token cache entries verified under it.
     pub verification: Arc<Verification>,
 }
 
 impl ServedPolicy {
-    /// Binds `policy` to its issuer's `keys`.
-    pub fn new(policy: CompiledPolicy, keys: Arc<JwksCache>) -> Self {
-        let verification = Arc::new(Verification {
-            issuer: policy.issuer.clone(),
-            scope_claims: policy.scope_claims.clone(),
-        });
-        ServedPolicy {
-            policy,
-            keys,
-            verification,
-        }
+    /// Binds `policy` to its issuers' key caches, one per issuer, taken
+    /// from `keys_for`.
+    pub fn new(policy: CompiledPolicy, mut keys_for: impl FnMut(&JwksSource) -> Arc<JwksCache>) -> Self {
+        let issuers = policy
+            .issuers
+            .iter()
+            .map(|issuer| ServedIssuer {
+                keys: keys_for(&issuer.jwks_source),
+                verification: Arc::new(Verification {
+                    issuer: issuer.rules.clone(),
+                    scope_claims: policy.scope_claims.clone(),
+                }),
+            })
+            .collect();
+        ServedPolicy { policy, issuers }
+    }
+
+    /// Whether some issuer has never had a key: its tokens are answered 503.
+    pub fn lacks_keys(&self) -> bool {
+        self.issuers.iter().any(|i| i.keys.current().is_none())
     }
 }
 
@@ -214,11 +230,10 @@ impl PolicySnapshot {
                     HostPattern::Wildcard(s) => snapshot.wildcard.insert(s.clone(), index),
                 };
             }
-            let keys = registry.cache(&policy.jwks_source);
             snapshot.served_by_id.insert(policy.id.clone(), index);
-            snapshot
-                .served
-                .push(Arc::new(ServedPolicy::new(policy, keys)));
+            snapshot.served.push(Arc::new(ServedPolicy::new(policy, |source| {
+                registry.cache(source)
+            })));
         }
         snapshot
     }
@@ -265,7 +280,7 @@ impl PolicySnapshot {
         self.states.iter().map(|(id, state)| {
             let reported = match state {
                 PolicyState::Accepted => match self.served_by_id(id) {
-                    Some(served) if served.keys.current().is_none() => {
+                    Some(served) if served.lacks_keys() => {
                         ReportedState::JwksUnavailable
                     }
                     _ => ReportedState::Accepted,

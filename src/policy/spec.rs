@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.issuer) != has(self.issuers)").message("set exactly one of issuer and issuers"))]
 pub struct TokenPolicySpec {
     /// Request hosts this policy protects (port stripped, case-insensitive).
     /// `*.example.com` matches one or more labels in front of `example.com`.
@@ -57,8 +58,16 @@ pub struct TokenPolicySpec {
         )
     )]
     pub hosts: Vec<String>,
-    /// The token issuer and what its tokens must say.
-    pub issuer: IssuerSpec,
+    /// The token issuer and what its tokens must say (exactly one of
+    /// `issuer` and `issuers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<IssuerSpec>,
+    /// Several issuers (an Auth0 custom domain and the tenant's canonical
+    /// domain, several tenants): the token's `iss` picks the entry, each with
+    /// its own keys, audiences, algorithms and skew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8))]
+    pub issuers: Option<Vec<IssuerSpec>>,
     /// Claims whose values are the token's scopes: a string claim is
     /// space-separated, an array claim is a list; the scopes are their union.
     /// Default: `scope`, `scp` (what the user consented to for this client).
@@ -105,14 +114,20 @@ pub struct IssuerSpec {
     /// Accepted signature algorithms. Default: `[RS256]`.
     #[serde(default = "default_algorithms")]
     #[schemars(
-        length(min = 1, max = 9),
-        inner(regex(pattern = r"^(RS256|RS384|RS512|PS256|PS384|PS512|ES256|ES384|EdDSA)$"))
+        length(min = 1, max = 10),
+        inner(regex(pattern = r"^(RS256|RS384|RS512|PS256|PS384|PS512|ES256|ES384|ES512|EdDSA)$"))
     )]
     pub algorithms: Vec<String>,
     /// Tolerance, in seconds, for `exp` and `nbf`. Default: 60.
     #[serde(default = "default_clock_skew_seconds")]
     #[schemars(range(max = 600), extend("format" = "int32"))]
     pub clock_skew_seconds: u32,
+    /// Accepted JOSE `typ` header values (RFC 9068 §4: `at+jwt`), compared
+    /// case-insensitively with the `application/` prefix optional. Default:
+    /// any (a token without `typ` too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(min = 1, max = 128)))]
+    pub token_types: Vec<String>,
 }
 
 /// One request rule.
@@ -124,7 +139,8 @@ pub struct RuleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 16), inner(regex(pattern = r"^[A-Za-z]{1,32}$")))]
     pub methods: Option<Vec<String>>,
-    /// Path patterns: `*` is one segment, `**` any rest (omitted: any path).
+    /// Path patterns: `*` is one segment, `{name}` one segment captured as
+    /// `request.params.name`, `**` any rest (omitted: any path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 64),
@@ -145,6 +161,12 @@ pub struct RuleSpec {
     /// No token needed (a token, if sent, is still validated).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub anonymous: bool,
+    /// CEL conditions that must all hold (over `claims`, `request`, `token`
+    /// and `actor`), e.g. `request.params.user == claims.sub`. False: 403
+    /// `access_denied`; an evaluation error: 403, never an allow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 2048)))]
+    pub when: Vec<String>,
     /// Also match paths with `;` parameters (`/files;v=2/a`), compared
     /// with the parameters cut off. Off by default: such a path is denied
     /// as ambiguous (servlet containers strip the parameters, so
@@ -186,7 +208,9 @@ pub struct ClaimHeaderSpec {
     )]
     #[x_kube(validation = Rule::new(not_reserved_header_cel()).message("this header is reserved and cannot be set from a claim"))]
     pub header: String,
-    /// Top-level claim name (e.g. `sub`, `azp`, `https://example.com/email`).
+    /// A top-level claim name (`sub`, `azp`, `https://example.com/email`),
+    /// or, starting with `/`, an RFC 6901 JSON pointer into the claims
+    /// (`/act/sub`, `/https:~1~1example.com~1org/id`).
     #[schemars(length(min = 1, max = 256))]
     pub claim: String,
 }
@@ -258,9 +282,23 @@ pub struct TokenPolicyStatus {
     /// `Ready` and its reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// The state of the issuer's key set.
+    /// The state of the issuer's key set (the first issuer's, with
+    /// `issuers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<JwksStatus>,
+    /// With `issuers`: each issuer's key set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<IssuerStatus>,
+}
+
+/// One issuer's key set, in a policy with several.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerStatus {
+    /// The issuer (`iss`).
+    pub url: String,
+    /// Its key set.
+    pub jwks: JwksStatus,
 }
 
 /// The state of a policy's JWKS cache.

@@ -25,6 +25,8 @@ pub enum Algorithm {
     ES256,
     /// ECDSA P-384 with SHA-384.
     ES384,
+    /// ECDSA P-521 with SHA-512.
+    ES512,
     /// Ed25519.
     EdDSA,
 }
@@ -34,7 +36,7 @@ pub enum Algorithm {
 pub enum KeyFamily {
     /// `kty: RSA`.
     Rsa,
-    /// `kty: EC` on the named curve (`P-256` or `P-384`).
+    /// `kty: EC` on the named curve (`P-256`, `P-384` or `P-521`).
     Ec(&'static str),
     /// `kty: OKP`, `crv: Ed25519`.
     Ed25519,
@@ -42,7 +44,7 @@ pub enum KeyFamily {
 
 impl Algorithm {
     /// Every supported algorithm.
-    pub const ALL: [Algorithm; 9] = [
+    pub const ALL: [Algorithm; 10] = [
         Algorithm::RS256,
         Algorithm::RS384,
         Algorithm::RS512,
@@ -51,6 +53,7 @@ impl Algorithm {
         Algorithm::PS512,
         Algorithm::ES256,
         Algorithm::ES384,
+        Algorithm::ES512,
         Algorithm::EdDSA,
     ];
 
@@ -65,6 +68,7 @@ impl Algorithm {
             Algorithm::PS512 => "PS512",
             Algorithm::ES256 => "ES256",
             Algorithm::ES384 => "ES384",
+            Algorithm::ES512 => "ES512",
             Algorithm::EdDSA => "EdDSA",
         }
     }
@@ -80,6 +84,7 @@ impl Algorithm {
             | Algorithm::PS512 => KeyFamily::Rsa,
             Algorithm::ES256 => KeyFamily::Ec("P-256"),
             Algorithm::ES384 => KeyFamily::Ec("P-384"),
+            Algorithm::ES512 => KeyFamily::Ec("P-521"),
             Algorithm::EdDSA => KeyFamily::Ed25519,
         }
     }
@@ -90,6 +95,7 @@ impl Algorithm {
         match self {
             Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
             Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+            Algorithm::ES512 => &signature::ECDSA_P521_SHA512_FIXED,
             Algorithm::EdDSA => &signature::ED25519,
             rsa => rsa.rsa_parameters().expect("every other algorithm is RSA"),
         }
@@ -122,7 +128,7 @@ impl fmt::Display for Algorithm {
 /// The name is not a supported algorithm.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unsupported algorithm; use one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"
+    "unsupported algorithm; use one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA"
 )]
 pub struct UnknownAlgorithm;
 

@@ -36,6 +36,9 @@ pub enum TokenError {
     /// The `alg` header names an algorithm the policy does not allow.
     #[error("token algorithm {0} is not allowed by the policy")]
     AlgorithmNotAllowed(Algorithm),
+    /// The header's `typ` is not one the issuer's `tokenTypes` accepts.
+    #[error("token type (typ) is not accepted")]
+    WrongTokenType,
     /// The header lists critical extensions (`crit`), none of which are understood.
     #[error("token has critical header extensions")]
     CriticalHeader,
@@ -80,6 +83,7 @@ impl TokenError {
                 "algorithm_not_allowed"
             }
             TokenError::CriticalHeader => "critical_header",
+            TokenError::WrongTokenType => "wrong_token_type",
             TokenError::UnknownKey | TokenError::AmbiguousKey => "unknown_key",
             TokenError::KeyAlgorithmMismatch => "key_algorithm_mismatch",
             TokenError::BadSignature => "bad_signature",
@@ -103,6 +107,19 @@ pub struct IssuerRules {
     pub algorithms: AlgorithmSet,
     /// Tolerance for `exp` and `nbf`, in seconds.
     pub clock_skew_seconds: u64,
+    /// Accepted `typ` values, normalized ([`normalize_token_type`]); `None`:
+    /// any, a missing `typ` included.
+    pub token_types: Option<Box<[Box<str>]>>,
+}
+
+/// A `typ` value as compared: lowercase, without the optional
+/// `application/` prefix (RFC 7515 §4.1.9), so `at+jwt`, `AT+JWT` and
+/// `application/at+jwt` are one. `None` for what is not a media type.
+pub fn normalize_token_type(token_type: &str) -> Option<Box<str>> {
+    let lower = token_type.to_ascii_lowercase();
+    let subtype = lower.strip_prefix("application/").unwrap_or(&lower);
+    let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b);
+    (!subtype.is_empty() && subtype.bytes().all(token_char)).then(|| subtype.into())
 }
 
 /// A decoded token whose signature has not been checked yet.
@@ -110,6 +127,7 @@ pub struct IssuerRules {
 pub struct UnverifiedToken<'a> {
     algorithm: Algorithm,
     key_id: Option<String>,
+    token_type: Option<String>,
     signing_input: &'a str,
     payload: Vec<u8>,
     signature: Vec<u8>,
@@ -123,6 +141,8 @@ struct JoseHeader {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    #[serde(default)]
+    typ: Option<String>,
     /// Whether `crit` is present at all: any value, `null` included, names
     /// extensions scopegate does not understand (RFC 7515 §4.1.11).
     #[serde(default, deserialize_with = "present")]
@@ -172,6 +192,7 @@ impl<'a> UnverifiedToken<'a> {
         Ok(UnverifiedToken {
             algorithm,
             key_id: header.kid,
+            token_type: header.typ,
             signing_input,
             payload: decode_part(payload)?,
             signature: decode_part(signature)?,
@@ -188,14 +209,35 @@ impl<'a> UnverifiedToken<'a> {
         self.key_id.as_deref()
     }
 
-    /// Checks the signature with `key`, then the registered claims against
-    /// `rules` at time `now` (seconds since the Unix epoch).
+    /// The payload's `iss`, read **before** the signature is checked: only
+    /// to pick which of a policy's issuers verifies the token (whose `iss`
+    /// is then checked again with the verified claims).
+    pub fn unverified_issuer(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Issuer {
+            iss: Option<String>,
+        }
+        serde_json::from_slice::<Issuer>(&self.payload).ok()?.iss
+    }
+
+    /// Checks the header's `typ` against `rules`, the signature with `key`,
+    /// then the registered claims against `rules` at time `now` (seconds
+    /// since the Unix epoch).
     pub fn verify(
         self,
         key: &aws_lc_rs::signature::ParsedPublicKey,
         rules: &IssuerRules,
         now: u64,
     ) -> Result<VerifiedToken, TokenError> {
+        if !rules.algorithms.contains(self.algorithm) {
+            return Err(TokenError::AlgorithmNotAllowed(self.algorithm));
+        }
+        if let Some(accepted) = &rules.token_types {
+            let token_type = self.token_type.as_deref().and_then(normalize_token_type);
+            if !token_type.is_some_and(|t| accepted.contains(&t)) {
+                return Err(TokenError::WrongTokenType);
+            }
+        }
         key.verify_sig(self.signing_input.as_bytes(), &self.signature)
             .map_err(|_| TokenError::BadSignature)?;
         VerifiedToken::validate(claims::parse_claims(&self.payload)?, rules, now)

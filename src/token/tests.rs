@@ -24,6 +24,7 @@ fn rules() -> IssuerRules {
         audiences: vec![AUDIENCE.into()].into(),
         algorithms: [Algorithm::RS256].into_iter().collect(),
         clock_skew_seconds: 60,
+        token_types: None,
     }
 }
 
