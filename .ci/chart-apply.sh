@@ -99,6 +99,12 @@ metadata: {name: payments}
 apiVersion: v1
 kind: Namespace
 metadata: {name: elsewhere}
+---
+# What kube-controller-manager (not running here) creates in every namespace;
+# the helm test Pod needs it to be admitted.
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: default, namespace: scopegate-system}
 YAML
 apply "CRD (charts/scopegate/crds)" charts/scopegate/crds/tokenpolicies.scopegate.dev.yaml
 admin apply --server-side -f charts/testdata/servicemonitor-crd.yaml >/dev/null
