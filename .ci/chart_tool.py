@@ -534,20 +534,39 @@ def check_notes() -> None:
 def check_istio_manifests() -> None:
     """One mesh-config file per tool, each in the shape its tool reads: the
     istiod chart's values (top-level meshConfig) and an IstioOperator overlay
-    (spec.meshConfig), registering the same provider."""
+    (spec.meshConfig), registering the same providers: scopegate (the one the
+    chart's NOTES.txt prints) and scopegate-mcp (the same service, plus a
+    bounded request body), both failing closed to the Service of
+    install.yaml; the AuthorizationPolicies name them."""
     values = yaml.safe_load((ROOT / "manifests/istio/istiod-values.yaml").read_text())
     overlay = yaml.safe_load((ROOT / "manifests/istio/istiooperator-overlay.yaml").read_text())
-    policy = yaml.safe_load((ROOT / "manifests/istio/authorizationpolicy.yaml").read_text())
     require(set(values) == {"meshConfig"}, f"istiod-values.yaml: only meshConfig at the top, found {sorted(values)}")
     require(overlay.get("kind") == "IstioOperator" and set(overlay["spec"]) == {"meshConfig"},
             "istiooperator-overlay.yaml: an IstioOperator with only spec.meshConfig")
-    [provider] = values["meshConfig"]["extensionProviders"]
     require(overlay["spec"]["meshConfig"] == values["meshConfig"], "the two mesh-config files register different providers")
-    grpc = provider["envoyExtAuthzGrpc"]
+    providers = {p["name"]: p["envoyExtAuthzGrpc"] for p in values["meshConfig"]["extensionProviders"]}
+    require(set(providers) == {"scopegate", "scopegate-mcp"}, f"providers {sorted(providers)}")
+    notes_mesh = yaml.safe_load(notes_blocks(render({}))[0])["meshConfig"]
+    require(notes_mesh["extensionProviders"] == [{"name": "scopegate", "envoyExtAuthzGrpc": providers["scopegate"]}],
+            "manifests/istio's scopegate provider differs from the one NOTES.txt prints")
     service = one([d for d in yaml.safe_load_all(INSTALL.read_text()) if d], "Service")
-    require(grpc["service"] == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local", "mesh config service FQDN vs install.yaml")
-    require(grpc["port"] == 9001 and grpc["failOpen"] is False, "mesh config port / failOpen")
-    require(policy["spec"]["action"] == "CUSTOM" and policy["spec"]["provider"]["name"] == provider["name"], "AuthorizationPolicy")
+    for name, grpc in providers.items():
+        require(grpc["service"] == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local",
+                f"{name}: mesh config service FQDN vs install.yaml")
+        require(grpc["port"] == 9001 and grpc["failOpen"] is False, f"{name}: mesh config port / failOpen")
+    body = providers["scopegate-mcp"].get("includeRequestBodyInCheck", {})
+    require(0 < body.get("maxRequestBytes", 0) <= 1 << 20 and body.get("allowPartialMessage") is False,
+            "scopegate-mcp: a bounded body, never a partial one")
+    require({k: v for k, v in providers["scopegate-mcp"].items() if k != "includeRequestBodyInCheck"} == providers["scopegate"],
+            "scopegate-mcp differs from scopegate in more than the body")
+    for path, provider in [("authorizationpolicy.yaml", "scopegate"), ("mcp-authorizationpolicy.yaml", "scopegate-mcp"),
+                           ("ambient-waypoint.yaml", "scopegate")]:
+        for policy in yaml.safe_load_all((ROOT / "manifests/istio" / path).read_text()):
+            if policy and policy["kind"] == "AuthorizationPolicy":
+                require(policy["spec"]["action"] == "CUSTOM" and policy["spec"]["provider"]["name"] == provider,
+                        f"{path}: {policy['metadata']['name']} must be CUSTOM with provider {provider}")
+                require(path != "ambient-waypoint.yaml" or ("targetRefs" in policy["spec"] and "selector" not in policy["spec"]),
+                        f"{path}: a waypoint policy needs targetRefs, not a selector (ztunnel ignores CUSTOM)")
 
 
 @contextlib.contextmanager
@@ -828,7 +847,7 @@ def run_tests() -> int:
         r.check("docs/install.md Envoy snippet passes envoy --mode validate", check_docs_envoy_snippet)
     else:
         print(f"skip docs/install.md Envoy snippet (no Envoy at {envoy}; .ci/install-tools.sh installs it)")
-    r.check("manifests/istio matches the chart's Service", check_istio_manifests)
+    r.check("manifests/istio: providers match the chart's Service and NOTES.txt, policies name them", check_istio_manifests)
     r.check("examples are valid TokenPolicies (CRD schema"
             + (", scopegate validate)" if os.environ.get("SCOPEGATE_BIN") else ")"), check_example_policies)
     print(f"chart tests: {r.passed} passed, {r.failed} failed")
