@@ -8,7 +8,8 @@
 #
 # Always runs `go build`: the Go build cache makes a warm build take about a
 # second, and a changed main.go or go.mod is never missed. Cold, it downloads
-# istio.io/api and its few dependencies (~15 MB) from the Go module proxy.
+# istio.io/api and its few dependencies (~30 MB) from the Go module proxy and
+# builds in ~30 s.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
