@@ -188,6 +188,18 @@ impl<'a> UnverifiedToken<'a> {
         self.key_id.as_deref()
     }
 
+    /// Checks the signature with `key` and returns the payload bytes, for
+    /// JWTs whose claims are not an access token's (DPoP proofs): the caller
+    /// validates the claims itself.
+    pub(crate) fn into_signed_payload(
+        self,
+        key: &aws_lc_rs::signature::ParsedPublicKey,
+    ) -> Result<Vec<u8>, TokenError> {
+        key.verify_sig(self.signing_input.as_bytes(), &self.signature)
+            .map_err(|_| TokenError::BadSignature)?;
+        Ok(self.payload)
+    }
+
     /// Checks the signature with `key`, then the registered claims against
     /// `rules` at time `now` (seconds since the Unix epoch).
     pub fn verify(
