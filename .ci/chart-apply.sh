@@ -65,9 +65,13 @@ pass() { passed=$((passed + 1)); echo "ok   $*"; }
 fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 
 # apply NAME FILE: server-side apply as admin; fails on an error or on any
-# PodSecurity warning.
+# PodSecurity warning. The helm test Pod is applied too: the restricted
+# namespace's PodSecurity admission checks it like the Deployment's pods.
 apply() {
   local name="$1" file="$2" out
+  # The helm test Pod is immutable: delete it first, as Helm does for a test
+  # hook (helm.sh/hook-delete-policy: before-hook-creation).
+  admin -n "$NS" delete pod -l app.kubernetes.io/component=test --ignore-not-found >/dev/null 2>&1 || true
   if out="$(admin apply --server-side --force-conflicts --field-manager=chart-apply -f "$file" 2>&1)"; then
     if grep -qi 'violate PodSecurity' <<<"$out"; then
       fail "$name: PodSecurity warning: $out"
@@ -99,6 +103,12 @@ metadata: {name: payments}
 apiVersion: v1
 kind: Namespace
 metadata: {name: elsewhere}
+---
+# What kube-controller-manager (not running here) creates in every namespace;
+# the helm test Pod needs it to be admitted.
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: default, namespace: scopegate-system}
 YAML
 apply "CRD (charts/scopegate/crds)" charts/scopegate/crds/tokenpolicies.scopegate.dev.yaml
 admin apply --server-side -f charts/testdata/servicemonitor-crd.yaml >/dev/null

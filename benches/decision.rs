@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use scopegate::authz::{CheckService, TokenCache, TokenCacheSettings};
+use scopegate::authz::{CheckService, RequestHeader, TokenCache, TokenCacheSettings};
 use scopegate::jwks::{JwksRegistry, JwksSettings};
 use scopegate::policy::{SnapshotHandle, files};
+use scopegate::pop::{NormalizedUri, ProofContext, jwk_thumbprint, verify_proof};
 use support::{
     EcKey, EdKey, JwksServer, KEY_A, check_request, numbered_claims, numbered_host,
     numbered_policies_yaml,
@@ -171,6 +172,24 @@ fn bench_scopes(c: &mut Criterion) {
     }
 }
 
+/// The extra work of a DPoP Check: verifying an ES256 proof (one more
+/// signature, the `jwk` parse, `htu` normalization, `ath` and the RFC 7638
+/// thumbprint), without the replay-store round trip.
+fn bench_dpop_proof(c: &mut Criterion) {
+    let key = EcKey::generate("client");
+    let htu = "https://orders.example.com/orders/42";
+    let uri: NormalizedUri = htu.parse().unwrap();
+    let access_token = KEY_A.sign(&numbered_claims("https://issuer.example.com/", 1));
+    let proof = key.dpop_proof("GET", htu, "jti-1", support::now(), Some(&access_token));
+    let jkt = jwk_thumbprint(key.dpop_jwk().as_object().unwrap()).unwrap();
+    let context = ProofContext::new("GET", &uri).with_access_token(&access_token, &jkt);
+    let now = support::now();
+    verify_proof(RequestHeader::One(&proof), &context, now).expect("the bench proof is valid");
+    c.bench_function("dpop/verify_proof/ES256", |b| {
+        b.iter(|| verify_proof(RequestHeader::One(&proof), &context, now))
+    });
+}
+
 /// Times `count` single Checks and prints their percentiles.
 fn latency_report() {
     let bench = Bench::new(vec![KEY_A.jwk()], 1, 1);
@@ -209,7 +228,7 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = bench_hit_and_miss, bench_policies, bench_scopes
+    targets = bench_hit_and_miss, bench_policies, bench_scopes, bench_dpop_proof
 }
 
 fn main() {

@@ -18,6 +18,8 @@
 //! * [`jwks`] discovers, fetches, caches and refreshes issuer keys.
 //! * [`token`] verifies a compact JWS against those keys and the policy's
 //!   issuer rules.
+//! * [`pop`] holds the proof-of-possession building blocks (DPoP proofs,
+//!   replay stores, mTLS certificate binding), not yet wired into Checks.
 //! * [`authz`] is the gRPC `envoy.service.auth.v3.Authorization` service: it
 //!   turns a `CheckRequest` into a [`authz::Decision`] and the decision into a
 //!   `CheckResponse`.
@@ -38,6 +40,7 @@ pub mod jwks;
 pub mod k8s;
 pub mod metrics;
 pub mod policy;
+pub mod pop;
 pub mod serve;
 pub mod telemetry;
 pub mod token;

@@ -221,6 +221,18 @@ fn fingerprint(jwk: &Jwk) -> KeyFingerprint {
     KeyFingerprint(digest)
 }
 
+/// Parses the public key of one JWK (its `kty`, `crv`, `n`, `e`, `x`, `y`
+/// members) for `alg`: `None` when the JWK is not a usable public key of the
+/// family `alg` needs (wrong `kty` or curve, malformed components, RSA under
+/// 2048 bits). Shared by JWKS documents and DPoP proof headers, whose `jwk`
+/// is checked for private members by the caller.
+pub(crate) fn public_key_from_jwk(
+    jwk: &serde_json::Value,
+    alg: Algorithm,
+) -> Option<ParsedPublicKey> {
+    parse_public_key(&Jwk::deserialize(jwk).ok()?, alg)
+}
+
 fn parse_public_key(jwk: &Jwk, alg: Algorithm) -> Option<ParsedPublicKey> {
     let component = |c: &Option<String>| URL_SAFE_NO_PAD.decode(c.as_deref()?).ok();
     match (alg.key_family(), jwk.kty.as_str()) {

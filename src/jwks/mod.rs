@@ -33,6 +33,7 @@ pub use cache::{JwksCache, JwksState, KeysUnavailable};
 pub use fetch::FetchError;
 pub use guard::{BlockedAddresses, MAX_REDIRECTS, UrlRefusal, check_fetch_url, is_blocked_ip};
 pub use json::JsonProblem;
+pub(crate) use keyset::public_key_from_jwk;
 pub use keyset::{KeyFingerprint, KeySet, KeySetError};
 
 /// Where an issuer's keys come from.

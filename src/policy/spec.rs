@@ -37,6 +37,12 @@ use serde::{Deserialize, Serialize};
     ),
     printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.hosts"),
     printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuer.url"),
+    printcolumn(name = "Keys", type_ = "integer", json_path = ".status.jwks.keys"),
+    printcolumn(
+        name = "Last Fetch",
+        type_ = "date",
+        json_path = ".status.jwks.lastFetchTime"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",

@@ -209,6 +209,19 @@ impl<'a> UnverifiedToken<'a> {
         self.key_id.as_deref()
     }
 
+    /// Checks the signature with `key` and returns the payload bytes, for
+    /// JWTs whose claims are not an access token's (DPoP proofs): the caller
+    /// validates the claims itself.
+    pub(crate) fn into_signed_payload(
+        self,
+        key: &aws_lc_rs::signature::ParsedPublicKey,
+    ) -> Result<Vec<u8>, TokenError> {
+        key.verify_sig(self.signing_input.as_bytes(), &self.signature)
+            .map_err(|_| TokenError::BadSignature)?;
+        Ok(self.payload)
+    }
+
+
     /// The payload's `iss`, read **before** the signature is checked: only
     /// to pick which of a policy's issuers verifies the token (whose `iss`
     /// is then checked again with the verified claims).

@@ -5,6 +5,7 @@
 
 pub mod load;
 pub mod process;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -120,14 +121,44 @@ impl EcKey {
     }
 
     pub fn sign(&self, claims: &Value) -> String {
-        let header = json!({"alg": "ES256", "kid": self.kid});
-        scopegate::token::encode_compact(&header, claims, |input| {
+        self.sign_with_header(&json!({"alg": "ES256", "kid": self.kid}), claims)
+    }
+
+    pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
+        scopegate::token::encode_compact(header, claims, |input| {
             self.pair
                 .sign(&SystemRandom::new(), input)
                 .unwrap()
                 .as_ref()
                 .to_vec()
         })
+    }
+}
+
+impl EcKey {
+    /// The public JWK as a DPoP proof carries it (no `kid`).
+    pub fn dpop_jwk(&self) -> Value {
+        let mut jwk = self.jwk();
+        jwk.as_object_mut().unwrap().remove("kid");
+        jwk
+    }
+
+    /// An ES256 DPoP proof (RFC 9449 §4.2) for `htm` `htu` made at `iat`,
+    /// with `ath` when an access token is given.
+    pub fn dpop_proof(
+        &self,
+        htm: &str,
+        htu: &str,
+        jti: &str,
+        iat: u64,
+        access_token: Option<&str>,
+    ) -> String {
+        let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.dpop_jwk()});
+        let mut claims = json!({"jti": jti, "htm": htm, "htu": htu, "iat": iat});
+        if let Some(token) = access_token {
+            claims["ath"] = json!(scopegate::pop::sha256_base64url(token.as_bytes()));
+        }
+        self.sign_with_header(&header, &claims)
     }
 }
 

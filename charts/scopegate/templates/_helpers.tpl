@@ -57,6 +57,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s.%s.svc.%s" (include "scopegate.fullname" .) .Release.Namespace .Values.istio.clusterDomain }}
 {{- end }}
 
+{{/* The Istio extension provider entry (a meshConfig.extensionProviders item),
+shared by NOTES.txt and the optional provider ConfigMap. */}}
+{{- define "scopegate.istioProvider" -}}
+- name: {{ .Values.istio.providerName }}
+  envoyExtAuthzGrpc:
+    service: {{ include "scopegate.serviceFQDN" . }}
+    port: {{ .Values.service.grpcPort }}
+    timeout: {{ .Values.istio.timeout }}
+    failOpen: false
+    statusOnError: "503"
+{{- end }}
+
 {{/* The TokenPolicy access rules, shared by the ClusterRole and the per-namespace Roles. */}}
 {{- define "scopegate.tokenPolicyRules" -}}
 - apiGroups: ["scopegate.dev"]
@@ -72,6 +84,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $v := .Values }}
 {{- if lt (int $v.terminationGracePeriodSeconds) (add $v.preStopSleepSeconds $v.shutdownGraceSeconds | int) }}
 {{- fail (printf "terminationGracePeriodSeconds (%v) must be at least preStopSleepSeconds + shutdownGraceSeconds (%v + %v), or in-flight Checks are cut off" $v.terminationGracePeriodSeconds $v.preStopSleepSeconds $v.shutdownGraceSeconds) }}
+{{- end }}
+{{- if and $v.envoyGateway.securityPolicy.enabled (not $v.envoyGateway.securityPolicy.targetRefs) }}
+{{- fail "envoyGateway.securityPolicy.enabled needs envoyGateway.securityPolicy.targetRefs (the Gateway or HTTPRoute to protect)" }}
 {{- end }}
 {{- if and $v.autoscaling.enabled (gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas)) }}
 {{- fail (printf "autoscaling.minReplicas (%v) must not exceed autoscaling.maxReplicas (%v)" $v.autoscaling.minReplicas $v.autoscaling.maxReplicas) }}

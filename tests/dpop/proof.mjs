@@ -1,0 +1,24 @@
+// Prints DPoP proofs made by panva's `dpop` package (installed by
+// .ci/install-tools.sh into .tools/node), so scopegate's verifier is tested
+// against proofs it did not make itself.
+//
+//   node tests/dpop/proof.mjs '{"alg":"ES256","requests":[{"htm":"GET","htu":"https://…","accessToken":"…","nonce":"…"}]}'
+//
+// prints {"jkt": "<RFC 7638 thumbprint>", "proofs": ["<compact JWS>", …]}:
+// one fresh key per run, one proof per request.
+import { pathToFileURL } from 'node:url'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const here = dirname(fileURLToPath(import.meta.url))
+const modules = process.env.SCOPEGATE_NODE_MODULES ?? join(here, '..', '..', '.tools', 'node', 'node_modules')
+const dpop = await import(pathToFileURL(join(modules, 'dpop', 'build', 'index.js')).href)
+
+const input = JSON.parse(process.argv[2] ?? '{}')
+const keypair = await dpop.generateKeyPair(input.alg ?? 'ES256')
+const proofs = []
+for (const request of input.requests ?? []) {
+  proofs.push(await dpop.generateProof(keypair, request.htu, request.htm, request.nonce, request.accessToken))
+}
+const jkt = await dpop.calculateThumbprint(keypair.publicKey)
+process.stdout.write(JSON.stringify({ jkt, proofs }) + '\n')
