@@ -236,7 +236,7 @@ async fn the_api_server_rejects_invalid_objects_with_the_schema_and_cel_messages
     }
     let mut no_audience = bad.clone();
     no_audience.spec = token_policy(&ns, "x", &JwksServer::start(vec![]).await, "").spec;
-    no_audience.spec.issuer.audiences.clear();
+    no_audience.spec.issuer.as_mut().unwrap().audiences.clear();
     let Err(kube::Error::Api(error)) = api.create(&PostParams::default(), &no_audience).await
     else {
         panic!("a TokenPolicy without audiences was accepted");

@@ -41,7 +41,7 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 fn served_key(sg: &Scopegate, kid: &str) -> Option<scopegate::jwks::KeyFingerprint> {
     let snapshot = sg.running.snapshot().load();
     let served = snapshot.lookup(HOST)?;
-    served
+    served.issuers[0]
         .keys
         .current()?
         .fingerprint(Some(kid), Algorithm::RS256)
@@ -176,9 +176,9 @@ async fn a_cached_token_is_denied_when_the_policy_audience_changes() {
     std::fs::write(sg.policy_dir().join("policies.yaml"), changed).unwrap();
     wait_until("the new audience is served", || {
         let snapshot = sg.running.snapshot().load();
-        snapshot
-            .lookup(HOST)
-            .is_some_and(|s| *s.policy.issuer.audiences[0] == *"https://billing.example.com/api")
+        snapshot.lookup(HOST).is_some_and(|s| {
+            *s.policy.issuers[0].rules.audiences[0] == *"https://billing.example.com/api"
+        })
     })
     .await;
     let description = sg

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::credentials::{Credentials, CredentialsError, RequestHeader, credentials};
 use super::token_cache::{KeyBinding, PreparedToken, TokenCache};
 use crate::jwks::KeysUnavailable;
+use crate::policy::conditions::ConditionFailure;
 use crate::policy::{AmbiguousPath, CompiledRule, DefaultAction, Mode, RequestPath, ServedPolicy};
 use crate::token::{TokenError, UnverifiedToken, unix_now};
 
@@ -21,6 +22,8 @@ pub struct HttpAttributes<'a> {
     pub path: &'a str,
     /// The `Authorization` header.
     pub authorization: RequestHeader<'a>,
+    /// The request headers (lower-case names), for conditions.
+    pub headers: &'a std::collections::HashMap<String, String>,
 }
 
 /// The outcome of a Check.
@@ -95,6 +98,14 @@ impl Denial {
             reason: "missing_token",
             rule: None,
         }
+    }
+
+    fn condition(failure: &ConditionFailure) -> Self {
+        let reason = match failure {
+            ConditionFailure::False(_) => "condition",
+            ConditionFailure::Error { .. } => "condition_error",
+        };
+        Denial::forbidden(reason, failure.to_string())
     }
 
     fn invalid_request(error: CredentialsError) -> Self {
@@ -190,7 +201,12 @@ async fn enforce(
     let verdict = match rule {
         None if policy.default_action == DefaultAction::Allow => Ok(()),
         None => Err(Denial::forbidden("no_rule", "no rule allows this request")),
-        Some(rule) => check_rule(rule, &token).map_err(|d| d.with_rule(Some(rule))),
+        Some(rule) => check_rule(rule, &token)
+            .and_then(|()| {
+                super::conditions::check(rule, &path, request, &token)
+                    .map_err(|failure| Denial::condition(&failure))
+            })
+            .map_err(|d| d.with_rule(Some(rule))),
     };
     match verdict {
         Ok(()) => Ok(allowed(Some(token), rule)),
@@ -223,8 +239,8 @@ pub async fn verify(
         return Ok(cached);
     }
     let policy = &served.policy;
-    let unverified =
-        UnverifiedToken::parse(token, policy.algorithms()).map_err(|e| Denial::invalid_token(&e))?;
+    let unverified = UnverifiedToken::parse(token, policy.algorithms())
+        .map_err(|e| Denial::invalid_token(&e))?;
     let index = policy
         .issuer_index(|| unverified.unverified_issuer())
         .ok_or_else(|| Denial::invalid_token(&TokenError::WrongIssuer))?;

@@ -15,6 +15,7 @@
 //! `reason`, `issuer`, `azp`), `scopegate_check_*` metrics and a decision log
 //! line (deny and audit would-deny at info, allow at debug).
 
+mod conditions;
 mod credentials;
 mod decision;
 pub mod response;
@@ -105,6 +106,7 @@ impl CheckService {
             method: &http.method,
             path: &http.path,
             authorization: authorization_header(http),
+            headers: &http.headers,
         };
         match decide(&served, &self.token_cache, &attributes).await {
             Decision::Allow(allowed) => {

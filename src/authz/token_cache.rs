@@ -84,6 +84,9 @@ pub struct PreparedToken {
     token: VerifiedToken,
     scopes: Box<[Box<str>]>,
     scope_line: Box<str>,
+    /// The claims as a CEL value, built the first time a condition reads
+    /// them and kept with the cached token.
+    condition_claims: std::sync::OnceLock<cel::Value>,
 }
 
 impl PreparedToken {
@@ -96,6 +99,7 @@ impl PreparedToken {
             token,
             scopes,
             scope_line,
+            condition_claims: std::sync::OnceLock::new(),
         }
     }
 
@@ -107,6 +111,20 @@ impl PreparedToken {
     /// The granted scopes, sorted, deduplicated and space-separated.
     pub fn scope_line(&self) -> &str {
         &self.scope_line
+    }
+
+    /// The granted scopes, sorted and deduplicated.
+    pub fn scopes(&self) -> &[Box<str>] {
+        &self.scopes
+    }
+
+    /// The claims as a CEL value (`claims` of conditions), built once.
+    pub fn condition_claims(&self) -> &cel::Value {
+        self.condition_claims.get_or_init(|| {
+            crate::policy::conditions::to_cel(&serde_json::Value::Object(
+                self.token.claims().clone(),
+            ))
+        })
     }
 
     /// Bytes this value holds, itself included.

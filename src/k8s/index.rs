@@ -367,7 +367,7 @@ mod tests {
 
     /// `policy` with the spec changed to one that does not compile.
     fn broken(mut object: TokenPolicy) -> TokenPolicy {
-        object.spec.issuer.audiences.clear();
+        object.spec.issuer.as_mut().unwrap().audiences.clear();
         object.metadata.generation = Some(2);
         object
     }

@@ -53,7 +53,11 @@ pub fn desired_status(
         .iter()
         .filter(|i| i.state.keys == 0)
         .map(|i| {
-            let error = i.state.last_error.as_deref().unwrap_or("signing keys not fetched yet");
+            let error = i
+                .state
+                .last_error
+                .as_deref()
+                .unwrap_or("signing keys not fetched yet");
             format!("{}{error}", about(i))
         })
         .collect();
@@ -135,7 +139,10 @@ pub fn desired_status(
 /// A key cache as `status.jwks` reports it.
 fn jwks_status(state: &JwksState) -> JwksStatus {
     JwksStatus {
-        uri: state.jwks_uri.clone().or_else(|| Some(state.source.clone())),
+        uri: state
+            .jwks_uri
+            .clone()
+            .or_else(|| Some(state.source.clone())),
         keys: u32::try_from(state.keys).unwrap_or(u32::MAX),
         last_fetch_time: state.last_success.map(to_time),
         last_error: state.last_error.clone(),

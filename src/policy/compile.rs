@@ -4,10 +4,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::conditions::{self, Condition, Uses};
 use super::matching::{HostPattern, PathPattern};
-use super::spec::{
-    DefaultAction, IssuerSpec, Mode, RuleSpec, TokenPolicySpec, is_reserved_header,
-};
+use super::spec::{DefaultAction, IssuerSpec, Mode, RuleSpec, TokenPolicySpec, is_reserved_header};
 use crate::jwks::JwksSource;
 use crate::token::{Algorithm, AlgorithmSet, IssuerRules};
 
@@ -83,9 +82,23 @@ pub struct CompiledRule {
     pub anonymous: bool,
     /// Paths with `;` parameters may match this rule.
     pub matrix_params: bool,
+    /// `when`: CEL conditions that must all hold.
+    pub conditions: Box<[Condition]>,
+    /// What the conditions read, so a Check builds only that.
+    pub condition_uses: Uses,
 }
 
 impl CompiledRule {
+    /// The captures of the first of this rule's paths that matches
+    /// (`request.params` of its conditions).
+    pub fn captures<'p>(&'p self, path: &'p super::RequestPath<'_>) -> Vec<(&'p str, &'p str)> {
+        self.paths
+            .iter()
+            .flatten()
+            .find_map(|p| p.captures(path))
+            .unwrap_or_default()
+    }
+
     /// Whether this rule applies to the request: the method compared
     /// case-insensitively, the path by segments.
     pub fn matches(&self, method: &str, path: &super::RequestPath<'_>) -> bool {
@@ -171,6 +184,8 @@ impl CompiledPolicy {
             }
             if ch.claim.is_empty() {
                 errors.add(format!("{field}.claim"), "must not be empty");
+            } else if let Err(message) = check_claim_pointer(&ch.claim) {
+                errors.add(format!("{field}.claim"), message);
             }
             claim_headers.push(ClaimHeader {
                 header: ch.header.as_str().into(),
@@ -372,6 +387,23 @@ fn compile_rule(index: usize, rule: &RuleSpec, errors: &mut Errors) -> CompiledR
             "an anonymous rule cannot also require scopes or clients",
         );
     }
+    if rule.anonymous && !rule.when.is_empty() {
+        errors.add(
+            format!("{field}.when"),
+            "an anonymous rule cannot have conditions (they read the token)",
+        );
+    }
+    let conditions: Box<[Condition]> = rule
+        .when
+        .iter()
+        .enumerate()
+        .filter_map(|(i, source)| {
+            errors.check(
+                format!("{field}.when[{i}]"),
+                Condition::compile(source).map_err(|e| format!("{source:?}: {e}")),
+            )
+        })
+        .collect();
     CompiledRule {
         name: format!("rules[{index}]").into(),
         methods,
@@ -380,7 +412,28 @@ fn compile_rule(index: usize, rule: &RuleSpec, errors: &mut Errors) -> CompiledR
         allowed_clients: rule.allowed_clients.as_deref().map(boxed_strs),
         anonymous: rule.anonymous,
         matrix_params: rule.matrix_params,
+        condition_uses: conditions::uses_of(&conditions),
+        conditions,
     }
+}
+
+/// A claim starting with `/` is an RFC 6901 JSON pointer: `~` may only
+/// escape `~` (`~0`) or `/` (`~1`).
+fn check_claim_pointer(claim: &str) -> Result<(), String> {
+    if !claim.starts_with('/') {
+        return Ok(());
+    }
+    let bytes = claim.as_bytes();
+    let bad_escape = bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'~' && !matches!(bytes.get(i + 1), Some(b'0' | b'1')));
+    if bad_escape {
+        return Err(format!(
+            "{claim:?} is not a JSON pointer: write ~ as ~0 and / inside a name as ~1"
+        ));
+    }
+    Ok(())
 }
 
 fn check_header_name(name: &str) -> Result<(), String> {

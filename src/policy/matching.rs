@@ -96,6 +96,8 @@ enum Segment {
     Literal(Box<str>),
     /// `*`: exactly one segment.
     One,
+    /// `{name}`: exactly one segment, captured as `request.params.name`.
+    Capture(Box<str>),
     /// `**`: zero or more segments (last position only).
     Rest,
 }
@@ -123,6 +125,19 @@ impl PathPattern {
                 "**" => return Err("\"**\" may only be the last segment".into()),
                 "*" => Segment::One,
                 "." | ".." => return Err("must not contain \".\" or \"..\" segments".into()),
+                capture if capture.starts_with('{') => {
+                    let name = capture_name(capture)?;
+                    if segments
+                        .iter()
+                        .any(|s| matches!(s, Segment::Capture(n) if **n == *name))
+                    {
+                        return Err(format!("capture {{{name}}} appears twice"));
+                    }
+                    Segment::Capture(name.into())
+                }
+                literal if literal.contains(['{', '}']) => {
+                    return Err("a capture must be a whole segment (\"/users/{user}\")".into());
+                }
                 literal if literal.contains('*') => {
                     return Err("\"*\" must be a whole segment (\"/a/*\", not \"/a*\")".into());
                 }
@@ -140,7 +155,7 @@ impl PathPattern {
         for segment in self.segments.iter() {
             match segment {
                 Segment::Rest => return true,
-                Segment::One => {
+                Segment::One | Segment::Capture(_) => {
                     if request.next().is_none() {
                         return false;
                     }
@@ -153,6 +168,50 @@ impl PathPattern {
             }
         }
         request.next().is_none()
+    }
+
+    /// Whether the pattern has captures.
+    pub fn has_captures(&self) -> bool {
+        self.segments
+            .iter()
+            .any(|s| matches!(s, Segment::Capture(_)))
+    }
+
+    /// The captured segments, `(name, value)`, if the path matches.
+    pub fn captures<'p>(&'p self, path: &'p RequestPath<'_>) -> Option<Vec<(&'p str, &'p str)>> {
+        if !self.matches(path) {
+            return None;
+        }
+        Some(
+            self.segments
+                .iter()
+                .zip(path.segments.iter())
+                .filter_map(|(segment, value)| match segment {
+                    Segment::Capture(name) => Some((&**name, &**value)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The name in `{name}`: a letter or `_`, then letters, digits or `_`.
+fn capture_name(segment: &str) -> Result<&str, String> {
+    let name = segment
+        .strip_prefix('{')
+        .and_then(|s| s.strip_suffix('}'))
+        .ok_or("a capture is {name}, one whole segment")?;
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(name)
+    } else {
+        Err(format!(
+            "{{{name}}}: a capture name is a letter or _ followed by letters, digits or _"
+        ))
     }
 }
 
@@ -279,6 +338,33 @@ mod tests {
         assert!(matches("/orders/**", "/orders/1/items"));
         assert!(matches("/**", "/anything/at/all"));
         assert!(matches("/*/items", "/7/items"));
+    }
+
+    #[test]
+    fn captures_are_one_whole_segment_each() {
+        let pattern = PathPattern::parse("/users/{user}/orders/{order_id}/**").unwrap();
+        let path = RequestPath::parse("/users/u%31/orders/42/items").unwrap();
+        assert_eq!(
+            pattern.captures(&path),
+            Some(vec![("user", "u1"), ("order_id", "42")])
+        );
+        assert!(pattern.has_captures());
+        assert_eq!(
+            pattern.captures(&RequestPath::parse("/users/u1").unwrap()),
+            None
+        );
+        assert!(
+            PathPattern::parse("/u/{a}/{a}")
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(PathPattern::parse("/u/{1a}").is_err());
+        assert!(
+            PathPattern::parse("/u/x{a}")
+                .unwrap_err()
+                .contains("whole segment")
+        );
+        assert!(PathPattern::parse("/u/{a").is_err());
     }
 
     #[test]

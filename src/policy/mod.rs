@@ -4,6 +4,7 @@
 //! file source ([`files`]).
 
 mod compile;
+pub mod conditions;
 pub mod files;
 mod matching;
 mod snapshot;

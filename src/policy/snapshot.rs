@@ -32,7 +32,10 @@ pub struct ServedIssuer {
 impl ServedPolicy {
     /// Binds `policy` to its issuers' key caches, one per issuer, taken
     /// from `keys_for`.
-    pub fn new(policy: CompiledPolicy, mut keys_for: impl FnMut(&JwksSource) -> Arc<JwksCache>) -> Self {
+    pub fn new(
+        policy: CompiledPolicy,
+        mut keys_for: impl FnMut(&JwksSource) -> Arc<JwksCache>,
+    ) -> Self {
         let issuers = policy
             .issuers
             .iter()
@@ -231,9 +234,11 @@ impl PolicySnapshot {
                 };
             }
             snapshot.served_by_id.insert(policy.id.clone(), index);
-            snapshot.served.push(Arc::new(ServedPolicy::new(policy, |source| {
-                registry.cache(source)
-            })));
+            snapshot
+                .served
+                .push(Arc::new(ServedPolicy::new(policy, |source| {
+                    registry.cache(source)
+                })));
         }
         snapshot
     }
@@ -280,9 +285,7 @@ impl PolicySnapshot {
         self.states.iter().map(|(id, state)| {
             let reported = match state {
                 PolicyState::Accepted => match self.served_by_id(id) {
-                    Some(served) if served.lacks_keys() => {
-                        ReportedState::JwksUnavailable
-                    }
+                    Some(served) if served.lacks_keys() => ReportedState::JwksUnavailable,
                     _ => ReportedState::Accepted,
                 },
                 PolicyState::Invalid { .. } => ReportedState::Invalid,

@@ -121,7 +121,9 @@ pub struct IssuerSpec {
     #[serde(default = "default_algorithms")]
     #[schemars(
         length(min = 1, max = 10),
-        inner(regex(pattern = r"^(RS256|RS384|RS512|PS256|PS384|PS512|ES256|ES384|ES512|EdDSA)$"))
+        inner(regex(
+            pattern = r"^(RS256|RS384|RS512|PS256|PS384|PS512|ES256|ES384|ES512|EdDSA)$"
+        ))
     )]
     pub algorithms: Vec<String>,
     /// Tolerance, in seconds, for `exp` and `nbf`. Default: 60.

@@ -26,16 +26,20 @@ fn candidate_in(ns: &str, name: &str, hosts: &[&str]) -> Candidate {
 fn defaults_are_applied_at_compile_time() {
     let policy = CompiledPolicy::compile("ns/p".into(), &spec(&["a.example.com"])).unwrap();
     assert_eq!(
-        policy.issuer.algorithms.iter().collect::<Vec<_>>(),
+        policy.issuers[0]
+            .rules
+            .algorithms
+            .iter()
+            .collect::<Vec<_>>(),
         vec![crate::token::Algorithm::RS256]
     );
-    assert_eq!(policy.issuer.clock_skew_seconds, 60);
+    assert_eq!(policy.issuers[0].rules.clock_skew_seconds, 60);
     assert_eq!(&*policy.scope_claims, &["scope".into(), "scp".into()]);
     assert!(policy.warnings.is_empty());
     assert_eq!(policy.default_action, DefaultAction::Deny);
     assert_eq!(policy.mode, Mode::Enforce);
     assert_eq!(
-        policy.jwks_source.to_string(),
+        policy.issuers[0].jwks_source.to_string(),
         "https://tenant.example.com/.well-known/openid-configuration"
     );
 }
@@ -62,7 +66,7 @@ fn the_older_policy_keeps_a_contested_host() {
 #[test]
 fn invalid_policies_report_every_field_and_do_not_block_others() {
     let mut bad = spec(&[]);
-    bad.issuer.audiences.clear();
+    bad.issuer.as_mut().unwrap().audiences.clear();
     let states = PolicySnapshot::states_of(vec![
         Candidate::new(
             "ns/bad".into(),
@@ -118,7 +122,10 @@ async fn policies_with_the_same_issuer_share_one_key_cache() {
         &registry,
     );
     let served = snapshot.served();
-    assert!(std::sync::Arc::ptr_eq(&served[0].keys, &served[1].keys));
+    assert!(std::sync::Arc::ptr_eq(
+        &served[0].issuers[0].keys,
+        &served[1].issuers[0].keys
+    ));
     assert_eq!(registry.states().len(), 1);
 }
 
@@ -184,7 +191,7 @@ fn the_same_pattern_conflicts_even_within_a_namespace() {
 #[test]
 fn a_never_valid_policy_claims_nothing_and_a_broken_one_keeps_its_hosts() {
     let mut bad = spec(&["x.example.com"]);
-    bad.issuer.audiences.clear();
+    bad.issuer.as_mut().unwrap().audiences.clear();
     let last_good = CompiledPolicy::compile("a/owner".into(), &spec(&["x.example.com"])).unwrap();
     let broken = |last_good| Candidate {
         id: "a/owner".into(),

@@ -90,6 +90,24 @@ impl VerifiedToken {
         &self.claims
     }
 
+    /// A claim by top-level name, or by RFC 6901 JSON pointer when `path`
+    /// starts with `/` (`/act/sub`, `/https:~1~1example.com~1org/id`).
+    pub fn claim(&self, path: &str) -> Option<&Value> {
+        let Some(pointer) = path.strip_prefix('/') else {
+            return self.claims.get(path);
+        };
+        let (first, rest) = match pointer.find('/') {
+            Some(i) => (&pointer[..i], &pointer[i..]),
+            None => (pointer, ""),
+        };
+        let first = if first.contains('~') {
+            Cow::Owned(first.replace("~1", "/").replace("~0", "~"))
+        } else {
+            Cow::Borrowed(first)
+        };
+        self.claims.get(&*first)?.pointer(rest)
+    }
+
     /// Heap bytes the parsed claims hold (an estimate of serde_json's
     /// layout: each map entry's key and value, each string's bytes).
     pub fn heap_bytes(&self) -> usize {
@@ -131,9 +149,12 @@ impl VerifiedToken {
     /// Objects, nulls, arrays with other elements (`["a b"]` would read as
     /// `["a", "b"]`) and values that would be unsafe in a header (control
     /// characters, over 4 KiB) give `None`, so the header is removed instead.
+    ///
+    /// `claim` is a top-level claim name, or an RFC 6901 JSON pointer when
+    /// it starts with `/` (`/act/sub`).
     pub fn header_value(&self, claim: &str) -> Option<Cow<'_, str>> {
         const MAX_HEADER_VALUE: usize = 4096;
-        let rendered: Cow<'_, str> = match self.claims.get(claim)? {
+        let rendered: Cow<'_, str> = match self.claim(claim)? {
             Value::String(s) => Cow::Borrowed(s),
             Value::Number(n) => Cow::Owned(n.to_string()),
             Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),

@@ -141,8 +141,9 @@ struct JoseHeader {
     alg: String,
     #[serde(default)]
     kid: Option<String>,
+    /// Any JSON: a `typ` that is not a string matches no `tokenTypes`.
     #[serde(default)]
-    typ: Option<String>,
+    typ: Option<serde_json::Value>,
     /// Whether `crit` is present at all: any value, `null` included, names
     /// extensions scopegate does not understand (RFC 7515 §4.1.11).
     #[serde(default, deserialize_with = "present")]
@@ -192,7 +193,7 @@ impl<'a> UnverifiedToken<'a> {
         Ok(UnverifiedToken {
             algorithm,
             key_id: header.kid,
-            token_type: header.typ,
+            token_type: header.typ.and_then(|typ| typ.as_str().map(str::to_string)),
             signing_input,
             payload: decode_part(payload)?,
             signature: decode_part(signature)?,
@@ -220,7 +221,6 @@ impl<'a> UnverifiedToken<'a> {
             .map_err(|_| TokenError::BadSignature)?;
         Ok(self.payload)
     }
-
 
     /// The payload's `iss`, read **before** the signature is checked: only
     /// to pick which of a policy's issuers verifies the token (whose `iss`

@@ -100,28 +100,52 @@ impl RsaKey {
     }
 }
 
-/// An ECDSA P-256 key.
+/// An ECDSA key: P-256 (ES256) by default, or P-521 (ES512).
 pub struct EcKey {
     pub kid: String,
     pair: aws_lc_rs::signature::EcdsaKeyPair,
+    /// `crv`, `alg` and the coordinate length in bytes.
+    curve: (&'static str, &'static str, usize),
 }
 
 impl EcKey {
     pub fn generate(kid: &str) -> Self {
-        let alg = &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        Self::generate_on(
+            kid,
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            ("P-256", "ES256", 32),
+        )
+    }
+
+    /// A P-521 key that signs ES512.
+    pub fn generate_p521(kid: &str) -> Self {
+        Self::generate_on(
+            kid,
+            &aws_lc_rs::signature::ECDSA_P521_SHA512_FIXED_SIGNING,
+            ("P-521", "ES512", 66),
+        )
+    }
+
+    fn generate_on(
+        kid: &str,
+        alg: &'static aws_lc_rs::signature::EcdsaSigningAlgorithm,
+        curve: (&'static str, &'static str, usize),
+    ) -> Self {
         EcKey {
             kid: kid.to_string(),
             pair: aws_lc_rs::signature::EcdsaKeyPair::generate(alg).unwrap(),
+            curve,
         }
     }
 
     pub fn jwk(&self) -> Value {
         let point = self.pair.public_key().as_ref();
-        json!({"kty": "EC", "crv": "P-256", "kid": self.kid, "x": b64(&point[1..33]), "y": b64(&point[33..65])})
+        let (crv, _, len) = self.curve;
+        json!({"kty": "EC", "crv": crv, "kid": self.kid, "x": b64(&point[1..1 + len]), "y": b64(&point[1 + len..1 + 2 * len])})
     }
 
     pub fn sign(&self, claims: &Value) -> String {
-        self.sign_with_header(&json!({"alg": "ES256", "kid": self.kid}), claims)
+        self.sign_with_header(&json!({"alg": self.curve.1, "kid": self.kid}), claims)
     }
 
     pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {

@@ -1,0 +1,90 @@
+//! The conditions stage of a Check: binds what a rule's `when` expressions
+//! read (only that: see [`Uses`]) and evaluates them.
+
+use std::collections::HashMap;
+
+use cel::Value;
+use cel::objects::{Key, Map};
+
+use super::decision::HttpAttributes;
+use super::token_cache::PreparedToken;
+use crate::policy::conditions::{self, Bindings, ConditionFailure, Uses};
+use crate::policy::{CompiledRule, RequestPath};
+
+/// Whether every condition of `rule` holds for this request and token.
+pub fn check(
+    rule: &CompiledRule,
+    path: &RequestPath<'_>,
+    request: &HttpAttributes<'_>,
+    token: &PreparedToken,
+) -> Result<(), ConditionFailure> {
+    if rule.conditions.is_empty() {
+        return Ok(());
+    }
+    let uses = rule.condition_uses;
+    let bindings = Bindings {
+        claims: uses.claims.then(|| token.condition_claims().clone()),
+        request: uses
+            .request
+            .then(|| request_value(rule, path, request, uses)),
+        token: uses.token.then(|| token_value(token)),
+        actor: uses.actor.then(|| actor_value(token)),
+    };
+    conditions::evaluate(&rule.conditions, &bindings)
+}
+
+/// `request`: `method`, `host`, `path` (no query), `params`, and `headers`
+/// when a condition reads them.
+fn request_value(
+    rule: &CompiledRule,
+    path: &RequestPath<'_>,
+    request: &HttpAttributes<'_>,
+    uses: Uses,
+) -> Value {
+    let params: HashMap<Key, Value> = rule
+        .captures(path)
+        .into_iter()
+        .map(|(name, value)| (Key::from(name), Value::from(value)))
+        .collect();
+    let without_query = request.path.split(['?', '#']).next().unwrap_or_default();
+    let mut fields: HashMap<Key, Value> = HashMap::from([
+        (Key::from("method"), Value::from(request.method)),
+        (Key::from("host"), Value::from(request.host)),
+        (Key::from("path"), Value::from(without_query)),
+        (Key::from("params"), Value::Map(Map::from(params))),
+    ]);
+    if uses.headers {
+        let headers: HashMap<Key, Value> = request
+            .headers
+            .iter()
+            .map(|(name, value)| (Key::from(name.as_str()), Value::from(value.as_str())))
+            .collect();
+        fields.insert(Key::from("headers"), Value::Map(Map::from(headers)));
+    }
+    Value::Map(Map::from(fields))
+}
+
+/// `token`: `scopes` (a list) and `client` (`azp`, else `client_id`; null
+/// without either).
+fn token_value(token: &PreparedToken) -> Value {
+    let scopes: Vec<Value> = token.scopes().iter().map(|s| Value::from(&**s)).collect();
+    let client = token.client_id().map_or(Value::Null, Value::from);
+    Value::Map(Map::from(HashMap::from([
+        (Key::from("scopes"), Value::List(scopes.into())),
+        (Key::from("client"), client),
+    ])))
+}
+
+/// `actor`: the RFC 8693 `act` chain, outermost first; each entry is that
+/// actor's claims (without its own nested `act`).
+fn actor_value(token: &PreparedToken) -> Value {
+    let mut chain = Vec::new();
+    let mut next = token.claims().get("act");
+    while let Some(serde_json::Value::Object(actor)) = next {
+        let mut entry = actor.clone();
+        entry.remove("act");
+        chain.push(conditions::to_cel(&serde_json::Value::Object(entry)));
+        next = actor.get("act");
+    }
+    Value::List(chain.into())
+}

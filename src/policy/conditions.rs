@@ -1,0 +1,350 @@
+//! `when:` conditions: CEL expressions compiled once when a policy loads,
+//! evaluated on every Check whose rule has them.
+//!
+//! The environment a condition sees:
+//!
+//! | variable | what |
+//! |---|---|
+//! | `claims` | the verified token's claims, as JSON (`claims.sub`, `claims.authorization_details`) |
+//! | `request` | `method`, `host`, `path` (no query), `headers` (lower-case names), `params` (path captures) |
+//! | `token` | `scopes` (the granted scopes, a list) and `client` (`azp`, else `client_id`) |
+//! | `actor` | the RFC 8693 `act` chain, outermost first (`actor[0].sub`); empty without `act` |
+//!
+//! A condition that names any other variable does not compile. Only `true`
+//! lets a request through: `false` is a denial, and so is an error or a
+//! non-boolean result (never an allow).
+
+use std::sync::{Arc, LazyLock};
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::{Context, Env, Program, Value};
+
+/// The variables a condition may use.
+pub const VARIABLES: [&str; 4] = ["claims", "request", "token", "actor"];
+
+/// The standard library, shared by every evaluation.
+static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
+
+/// One compiled `when` expression.
+pub struct Condition {
+    source: Box<str>,
+    program: Program,
+    uses: Uses,
+}
+
+/// Which variables (and which costly parts of them) a condition reads, so
+/// that a Check builds only those.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uses {
+    /// `claims`.
+    pub claims: bool,
+    /// `request`.
+    pub request: bool,
+    /// `request.headers` (building the header map is the costly part).
+    pub headers: bool,
+    /// `token`.
+    pub token: bool,
+    /// `actor`.
+    pub actor: bool,
+}
+
+impl Uses {
+    fn union(self, other: Uses) -> Uses {
+        Uses {
+            claims: self.claims || other.claims,
+            request: self.request || other.request,
+            headers: self.headers || other.headers,
+            token: self.token || other.token,
+            actor: self.actor || other.actor,
+        }
+    }
+}
+
+impl std::fmt::Debug for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Condition").field(&self.source).finish()
+    }
+}
+
+impl PartialEq for Condition {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Clone for Condition {
+    fn clone(&self) -> Self {
+        Condition::compile(&self.source).expect("a compiled condition compiles again")
+    }
+}
+
+impl Condition {
+    /// Compiles `source`; the error names the problem and where it is.
+    pub fn compile(source: &str) -> Result<Self, String> {
+        let program = Program::compile(source).map_err(|e| {
+            // cel's message is multi-line (with a caret under the position).
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or("syntax error")
+                .trim_start_matches("ERROR: ")
+                .replace("<input>:", "at line:column ")
+        })?;
+        let mut free = Vec::new();
+        free_variables(program.expression(), &mut Vec::new(), &mut free);
+        if let Some(unknown) = free.iter().find(|v| !VARIABLES.contains(&v.as_str())) {
+            return Err(format!(
+                "unknown variable `{unknown}`: a condition can use {}",
+                VARIABLES.join(", ")
+            ));
+        }
+        let uses = Uses {
+            claims: free.iter().any(|v| v == "claims"),
+            request: free.iter().any(|v| v == "request"),
+            headers: free.iter().any(|v| v == "request") && source.contains("headers"),
+            token: free.iter().any(|v| v == "token"),
+            actor: free.iter().any(|v| v == "actor"),
+        };
+        Ok(Condition {
+            source: source.into(),
+            program,
+            uses,
+        })
+    }
+
+    /// The expression as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// What it reads.
+    pub fn uses(&self) -> Uses {
+        self.uses
+    }
+}
+
+/// The variables of `expr` not bound by an enclosing comprehension
+/// (`exists(d, …)` binds `d`).
+fn free_variables(expr: &IdedExpr, bound: &mut Vec<String>, free: &mut Vec<String>) {
+    match &expr.expr {
+        Expr::Ident(name) => {
+            if !bound.contains(name) && !free.contains(name) {
+                free.push(name.clone());
+            }
+        }
+        Expr::Select(select) => free_variables(&select.operand, bound, free),
+        Expr::Call(call) => {
+            if let Some(target) = &call.target {
+                free_variables(target, bound, free);
+            }
+            call.args
+                .iter()
+                .for_each(|arg| free_variables(arg, bound, free));
+        }
+        Expr::List(list) => list
+            .elements
+            .iter()
+            .for_each(|e| free_variables(e, bound, free)),
+        Expr::Map(map) => map
+            .entries
+            .iter()
+            .for_each(|e| entry_variables(&e.expr, bound, free)),
+        Expr::Struct(object) => object
+            .entries
+            .iter()
+            .for_each(|e| entry_variables(&e.expr, bound, free)),
+        Expr::Comprehension(comprehension) => {
+            free_variables(&comprehension.iter_range, bound, free);
+            free_variables(&comprehension.accu_init, bound, free);
+            let scope = bound.len();
+            bound.push(comprehension.iter_var.clone());
+            bound.extend(comprehension.iter_var2.clone());
+            bound.push(comprehension.accu_var.clone());
+            for part in [
+                &comprehension.loop_cond,
+                &comprehension.loop_step,
+                &comprehension.result,
+            ] {
+                free_variables(part, bound, free);
+            }
+            bound.truncate(scope);
+        }
+        Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+fn entry_variables(entry: &EntryExpr, bound: &mut Vec<String>, free: &mut Vec<String>) {
+    match entry {
+        EntryExpr::StructField(field) => free_variables(&field.value, bound, free),
+        EntryExpr::MapEntry(entry) => {
+            free_variables(&entry.key, bound, free);
+            free_variables(&entry.value, bound, free);
+        }
+    }
+}
+
+/// What the union of `conditions` reads.
+pub fn uses_of(conditions: &[Condition]) -> Uses {
+    conditions
+        .iter()
+        .fold(Uses::default(), |uses, c| uses.union(c.uses))
+}
+
+/// The values a Check binds, built only for the variables its conditions
+/// use ([`Uses`]).
+#[derive(Default)]
+pub struct Bindings {
+    /// `claims`.
+    pub claims: Option<Value>,
+    /// `request`.
+    pub request: Option<Value>,
+    /// `token`.
+    pub token: Option<Value>,
+    /// `actor`.
+    pub actor: Option<Value>,
+}
+
+/// Why the conditions did not let the request through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConditionFailure {
+    /// The condition at this index evaluated to `false`.
+    #[error("when[{0}] does not hold")]
+    False(usize),
+    /// The condition at this index could not be evaluated (a missing
+    /// claim, a wrong type) or is not a boolean: never an allow.
+    #[error("when[{index}] could not be evaluated: {message}")]
+    Error {
+        /// Which condition.
+        index: usize,
+        /// What went wrong (no claim values).
+        message: String,
+    },
+}
+
+/// Evaluates every condition in order; all must be `true`.
+pub fn evaluate(conditions: &[Condition], bindings: &Bindings) -> Result<(), ConditionFailure> {
+    let mut context = Context::with_env(ENV.clone());
+    for (name, value) in [
+        ("claims", &bindings.claims),
+        ("request", &bindings.request),
+        ("token", &bindings.token),
+        ("actor", &bindings.actor),
+    ] {
+        if let Some(value) = value {
+            context.add_variable_from_value(name, value.clone());
+        }
+    }
+    for (index, condition) in conditions.iter().enumerate() {
+        match condition.program.execute(&context) {
+            Ok(Value::Bool(true)) => {}
+            Ok(Value::Bool(false)) => return Err(ConditionFailure::False(index)),
+            Ok(other) => {
+                return Err(ConditionFailure::Error {
+                    index,
+                    message: format!("the result is a {:?}, not a bool", other.type_of()),
+                });
+            }
+            Err(error) => {
+                return Err(ConditionFailure::Error {
+                    index,
+                    message: describe(&error),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An execution error, without values from the request or the token.
+fn describe(error: &cel::ExecutionError) -> String {
+    match error {
+        cel::ExecutionError::NoSuchKey(key) => format!("no such key {key}"),
+        cel::ExecutionError::UndeclaredReference(name) => format!("undeclared reference {name}"),
+        cel::ExecutionError::UnexpectedType { .. } => "a value has an unexpected type".into(),
+        _ => "an operation failed (wrong type or missing value)".into(),
+    }
+}
+
+/// A JSON value as a CEL value.
+pub fn to_cel(value: &serde_json::Value) -> Value {
+    cel::to_value(value).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bindings(claims: serde_json::Value, request: serde_json::Value) -> Bindings {
+        Bindings {
+            claims: Some(to_cel(&claims)),
+            request: Some(to_cel(&request)),
+            ..Bindings::default()
+        }
+    }
+
+    #[test]
+    fn conditions_compile_once_and_name_their_errors() {
+        assert!(Condition::compile("claims.sub == request.params.user").is_ok());
+        let error = Condition::compile("claims.sub ==").unwrap_err();
+        assert!(error.contains("at line:column 1:14"), "{error}");
+        let error = Condition::compile("user.id == claims.sub").unwrap_err();
+        assert!(error.contains("unknown variable `user`"), "{error}");
+        assert!(
+            Condition::compile("claims.authorization_details.exists(d, d.type == 'payment')")
+                .is_ok(),
+            "comprehension variables are bound"
+        );
+        assert!(Condition::compile("[1].all(x, y > x)").is_err());
+    }
+
+    #[test]
+    fn only_true_lets_a_request_through() {
+        let holds = [Condition::compile("claims.sub == request.params.user").unwrap()];
+        let request = serde_json::json!({"params": {"user": "u1"}});
+        assert_eq!(
+            evaluate(
+                &holds,
+                &bindings(serde_json::json!({"sub": "u1"}), request.clone())
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            evaluate(
+                &holds,
+                &bindings(serde_json::json!({"sub": "u2"}), request.clone())
+            ),
+            Err(ConditionFailure::False(0))
+        );
+        let missing = [Condition::compile("claims.org == 'x'").unwrap()];
+        assert!(matches!(
+            evaluate(&missing, &bindings(serde_json::json!({}), request.clone())),
+            Err(ConditionFailure::Error { index: 0, .. })
+        ));
+        let not_bool = [Condition::compile("claims.n").unwrap()];
+        assert!(matches!(
+            evaluate(&not_bool, &bindings(serde_json::json!({"n": 1}), request)),
+            Err(ConditionFailure::Error { .. })
+        ));
+    }
+
+    #[test]
+    fn uses_say_which_variables_to_build() {
+        let c = Condition::compile("request.headers['x-org-id'] == claims.org_id").unwrap();
+        assert_eq!(
+            c.uses(),
+            Uses {
+                claims: true,
+                request: true,
+                headers: true,
+                token: false,
+                actor: false
+            }
+        );
+        assert!(
+            !Condition::compile("request.params.user == 'a'")
+                .unwrap()
+                .uses()
+                .headers
+        );
+    }
+}
