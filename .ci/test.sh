@@ -36,6 +36,11 @@ cargo clippy --all-targets --locked -- -D warnings
 
 cargo test --locked 2>&1 | tee "$log"
 
+# The shipped policy tests (`scopegate test`), offline.
+for examples in examples/policies manifests/examples; do
+  target/debug/scopegate test "$examples" 2>&1 | tee -a "$log"
+done
+
 # The Helm chart: lint, render, schema and policy checks; then applied to a
 # real kube-apiserver of its own, with RBAC proven by its ServiceAccount.
 export SCOPEGATE_BIN="$PWD/target/debug/scopegate"

@@ -45,6 +45,16 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Run policy tests (`kind: TokenPolicyTest` documents) against the policies under PATHS,
+    /// offline: tokens are signed with in-memory issuer keys; one line per case.
+    #[command(
+        after_help = "Exit status: 0 every case passed, 1 a case failed or a file did not load, 2 usage error."
+    )]
+    Test {
+        /// Policy and test files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Get a signed token from a dev issuer (development only).
     Mint(MintArgs),
     /// Send one CheckRequest and print the decision.
@@ -227,6 +237,7 @@ impl Command {
         match self {
             Command::Serve(args) => serve(*args).await,
             Command::Validate { paths } => Ok(validate(&paths)),
+            Command::Test { paths } => Ok(test(&paths).await),
             Command::Mint(args) => mint(args).await,
             Command::Check(args) => check(args).await,
             Command::Crd => {
@@ -308,6 +319,31 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
             }
             println!("ok: {} policies", loaded.len());
             ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for error in errors {
+                println!("{error}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn test(paths: &[PathBuf]) -> ExitCode {
+    match crate::policy_test::run(paths).await {
+        Ok(report) => {
+            for line in &report.lines {
+                println!("{line}");
+            }
+            println!(
+                "policy tests: {} passed, {} failed",
+                report.passed, report.failed
+            );
+            if report.failed == 0 && report.passed > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(errors) => {
             for error in errors {

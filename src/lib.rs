@@ -40,6 +40,7 @@ pub mod jwks;
 pub mod k8s;
 pub mod metrics;
 pub mod policy;
+pub mod policy_test;
 pub mod pop;
 pub mod serve;
 pub mod telemetry;

@@ -330,3 +330,52 @@ fn validate_warns_when_a_policy_counts_permissions_as_scopes() {
     );
     assert!(stdout.contains("ok: 1 policies"), "{stdout}");
 }
+
+/// `scopegate test` runs the shipped example tests, one line per case.
+#[test]
+fn policy_tests_of_the_examples_pass() {
+    for dir in ["examples/policies", "manifests/examples"] {
+        let out = run(["test", dir]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{dir}: {stdout}");
+        assert!(stdout.lines().any(|l| l.starts_with("ok   ")), "{stdout}");
+        assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    }
+}
+
+/// A case whose expectation does not hold fails with what was expected
+/// and what the Check answered, and the exit status is 1.
+#[test]
+fn a_failing_policy_test_says_why_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("examples/policies/dev.yaml", dir.path().join("dev.yaml")).unwrap();
+    write(
+        dir.path(),
+        "dev.test.yaml",
+        r#"apiVersion: scopegate.dev/v1alpha1
+kind: TokenPolicyTest
+metadata: {name: wrong}
+spec:
+  cases:
+    - name: creating needs more than read
+      request: {host: orders.localhost, method: POST, path: /orders}
+      claims: {sub: u, azp: dev-agent, scope: "read:orders"}
+      expect: {decision: allow}
+    - name: reading works
+      request: {host: orders.localhost, path: /orders}
+      claims: {sub: u, scope: "read:orders"}
+      expect: {decision: allow, headers: {x-user-id: u}}
+"#,
+    );
+    let out = run([std::path::Path::new("test"), dir.path()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL ") && stdout.contains("wrong: creating needs more than read: expected allow, got deny 403 (insufficient_scope)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok   ") && stdout.contains("policy tests: 1 passed, 1 failed"),
+        "{stdout}"
+    );
+}

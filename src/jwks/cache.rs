@@ -32,6 +32,8 @@ pub struct JwksCache {
     /// the fetch timeout).
     last_miss_fetch_finished: Mutex<Option<Instant>>,
     report: Mutex<Report>,
+    /// Keys given once ([`JwksCache::fixed`]): never fetched, a miss stays a miss.
+    fixed: bool,
 }
 
 #[derive(Default)]
@@ -100,10 +102,28 @@ impl JwksCache {
             fetch_lock: tokio::sync::Mutex::new(FetchState::default()),
             last_miss_fetch_finished: Mutex::new(None),
             report: Mutex::new(Report::default()),
+            fixed: false,
         });
         crate::metrics::watch_jwks_cache(&cache);
         tokio::spawn(refresh_loop(Arc::downgrade(&cache)));
         cache
+    }
+
+    /// A cache holding `keys` for `source`, which never fetches: for
+    /// `scopegate test`, where tokens are signed by an in-memory issuer key.
+    pub fn fixed(source: JwksSource, keys: KeySet) -> Arc<Self> {
+        Arc::new(JwksCache {
+            label: source.to_string().into(),
+            source,
+            client: reqwest::Client::new(),
+            settings: JwksSettings::default(),
+            keys: ArcSwapOption::from_pointee(keys),
+            attempts: AtomicU64::new(0),
+            fetch_lock: tokio::sync::Mutex::new(FetchState::default()),
+            last_miss_fetch_finished: Mutex::new(None),
+            report: Mutex::new(Report::default()),
+            fixed: true,
+        })
     }
 
     /// The source these keys come from.
@@ -133,7 +153,9 @@ impl JwksCache {
         {
             return Ok(keys);
         }
-        self.refetch_after_miss(seen_attempts).await;
+        if !self.fixed {
+            self.refetch_after_miss(seen_attempts).await;
+        }
         self.keys.load_full().ok_or_else(|| KeysUnavailable {
             last_error: self.lock_report().last_error.clone(),
         })

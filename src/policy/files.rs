@@ -24,6 +24,10 @@ use crate::jwks::JwksRegistry;
 /// The `apiVersion` every document must have.
 pub const API_VERSION: &str = "scopegate.dev/v1alpha1";
 
+/// The kind of a policy test document (`scopegate test`): such documents may
+/// sit next to policies and are skipped by the policy loader.
+pub const TEST_KIND: &str = "TokenPolicyTest";
+
 /// One problem in one document: `file:document: field.path: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileError {
@@ -107,7 +111,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<LoadedPolicy>, Vec<FileError>> {
 }
 
 /// The files named by `paths`: files as given, directories expanded.
-fn expand(paths: &[PathBuf], errors: &mut Vec<FileError>) -> Vec<PathBuf> {
+pub(crate) fn expand(paths: &[PathBuf], errors: &mut Vec<FileError>) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for path in paths {
         if !path.is_dir() {
@@ -164,6 +168,9 @@ fn load_file(file: &Path, text: &str, loaded: &mut Vec<LoadedPolicy>, errors: &m
                 return;
             }
         };
+        if value.get("kind").and_then(serde_yaml_ng::Value::as_str) == Some(TEST_KIND) {
+            continue; // a policy test, read by `scopegate test`
+        }
         match parse_document(value) {
             Ok((id, spec)) => match CompiledPolicy::compile(id, &spec) {
                 Ok(policy) => loaded.push(LoadedPolicy {
@@ -240,7 +247,7 @@ fn check_unique_and_disjoint(loaded: &[LoadedPolicy], errors: &mut Vec<FileError
     }
 }
 
-fn file_error(
+pub(crate) fn file_error(
     file: &Path,
     document: usize,
     field: impl Into<String>,

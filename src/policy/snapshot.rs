@@ -220,6 +220,14 @@ impl PolicySnapshot {
     /// if it has one. Key caches come from `registry` (shared with the
     /// previous snapshot where the source is unchanged).
     pub fn build(candidates: Vec<Candidate>, registry: &JwksRegistry) -> Self {
+        Self::build_with(candidates, |source| registry.cache(source))
+    }
+
+    /// [`PolicySnapshot::build`], with key caches from `keys_for`.
+    pub fn build_with(
+        candidates: Vec<Candidate>,
+        mut keys_for: impl FnMut(&JwksSource) -> Arc<JwksCache>,
+    ) -> Self {
         let (accepted, states) = assign_hosts(candidates);
         let mut snapshot = PolicySnapshot {
             states,
@@ -236,9 +244,7 @@ impl PolicySnapshot {
             snapshot.served_by_id.insert(policy.id.clone(), index);
             snapshot
                 .served
-                .push(Arc::new(ServedPolicy::new(policy, |source| {
-                    registry.cache(source)
-                })));
+                .push(Arc::new(ServedPolicy::new(policy, &mut keys_for)));
         }
         snapshot
     }
