@@ -13,7 +13,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +38,16 @@ struct Bench {
 
 impl Bench {
     fn new(keys: Vec<serde_json::Value>, policies: usize, scopes: usize) -> Self {
+        Self::with_policies(keys, |jwks| {
+            numbered_policies_yaml(policies, &jwks.issuer(), &jwks.jwks_uri(), scopes)
+        })
+    }
+
+    /// A decision core over the policies `yaml` writes for the JWKS server.
+    fn with_policies(
+        keys: Vec<serde_json::Value>,
+        yaml: impl FnOnce(&JwksServer) -> String,
+    ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -46,7 +55,7 @@ impl Bench {
             .unwrap();
         let jwks = runtime.block_on(JwksServer::start(keys));
         let dir = tempfile::tempdir().unwrap();
-        write_policies(dir.path(), &jwks, policies, scopes);
+        std::fs::write(dir.path().join("policies.yaml"), yaml(&jwks)).unwrap();
         let snapshot = SnapshotHandle::default();
         runtime.block_on(async {
             let registry = JwksRegistry::new(JwksSettings::default());
@@ -83,11 +92,6 @@ impl Bench {
             "the bench request must be allowed"
         );
     }
-}
-
-fn write_policies(dir: &Path, jwks: &JwksServer, policies: usize, scopes: usize) {
-    let yaml = numbered_policies_yaml(policies, &jwks.issuer(), &jwks.jwks_uri(), scopes);
-    std::fs::write(dir.join("policies.yaml"), yaml).unwrap();
 }
 
 /// `GET /orders/42` on policy `index`'s host with this bearer token.
@@ -175,6 +179,89 @@ fn bench_scopes(c: &mut Criterion) {
 /// The extra work of a DPoP Check: verifying an ES256 proof (one more
 /// signature, the `jwk` parse, `htu` normalization, `ath` and the RFC 7638
 /// thumbprint), without the replay-store round trip.
+/// The policy language's cost on a cached Check: a `when` condition
+/// (`claims.sub == request.params.user`) against the same rule without it,
+/// and a policy with two `issuers` against one.
+fn bench_policy_language(c: &mut Criterion) {
+    const SECOND_ISSUER: &str = "https://login.example.com/";
+    let bench = Bench::with_policies(vec![KEY_A.jwk()], |jwks| {
+        format!(
+            r#"apiVersion: scopegate.dev/v1alpha1
+kind: TokenPolicy
+metadata: {{name: lang, namespace: bench}}
+spec:
+  hosts: ["{host}"]
+  issuers:
+    - {{url: "{issuer}", jwksUri: "{uri}", audiences: ["{aud}"]}}
+    - {{url: "{SECOND_ISSUER}", jwksUri: "{uri}", audiences: ["{aud}"]}}
+  rules:
+    - paths: ["/users/{{user}}/orders/*"]
+      when: ["claims.sub == request.params.user"]
+    - paths: ["/plain/{{user}}/orders/*"]
+"#,
+            host = numbered_host(0),
+            issuer = jwks.issuer(),
+            uri = jwks.jwks_uri(),
+            aud = support::AUDIENCE,
+        )
+    });
+    let claims = numbered_claims(&bench.issuer(), 0);
+    let token = KEY_A.sign(&claims);
+    let mut second = claims.clone();
+    second["iss"] = serde_json::json!(SECOND_ISSUER);
+    let second_token = KEY_A.sign(&second);
+    let on = |path: &str, token: &str| {
+        let auth = format!("Bearer {token}");
+        check_request(
+            &numbered_host(0),
+            "GET",
+            path,
+            &[("authorization", &auth)],
+            HashMap::new(),
+        )
+    };
+    let user = "auth0|user-1";
+    let mut group = c.benchmark_group("check/hit/language");
+    let cached = bench.service(cache());
+    for (name, request) in [
+        (
+            "no_condition",
+            on(&format!("/plain/{user}/orders/1"), &token),
+        ),
+        ("condition", on(&format!("/users/{user}/orders/1"), &token)),
+        (
+            "second_issuer",
+            on(&format!("/plain/{user}/orders/1"), &second_token),
+        ),
+    ] {
+        bench.check_allowed(&cached, &request);
+        group.bench_function(name, |b| {
+            b.to_async(&bench.runtime)
+                .iter(|| cached.check_request(&request))
+        });
+    }
+    group.finish();
+    let mut group = c.benchmark_group("check/miss/language");
+    let uncached = bench.service(TokenCache::disabled());
+    for (name, request) in [
+        (
+            "first_issuer",
+            on(&format!("/plain/{user}/orders/1"), &token),
+        ),
+        (
+            "second_issuer",
+            on(&format!("/plain/{user}/orders/1"), &second_token),
+        ),
+    ] {
+        bench.check_allowed(&uncached, &request);
+        group.bench_function(name, |b| {
+            b.to_async(&bench.runtime)
+                .iter(|| uncached.check_request(&request))
+        });
+    }
+    group.finish();
+}
+
 fn bench_dpop_proof(c: &mut Criterion) {
     let key = EcKey::generate("client");
     let htu = "https://orders.example.com/orders/42";
@@ -228,7 +315,7 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = bench_hit_and_miss, bench_policies, bench_scopes, bench_dpop_proof
+    targets = bench_hit_and_miss, bench_policies, bench_scopes, bench_policy_language, bench_dpop_proof
 }
 
 fn main() {

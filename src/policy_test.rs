@@ -424,41 +424,41 @@ impl TestSigner {
         }
     }
 
-    fn sign(&self, claims: &Value) -> String {
+    fn algorithm(&self) -> Algorithm {
+        match self {
+            TestSigner::Rsa(_, algorithm) | TestSigner::Ec(_, algorithm, _, _) => *algorithm,
+            TestSigner::Ed25519(_) => Algorithm::EdDSA,
+        }
+    }
+
+    fn signature(&self, input: &[u8]) -> Vec<u8> {
         let rng = SystemRandom::new();
-        let (algorithm, sign): (Algorithm, Box<dyn FnOnce(&[u8]) -> Vec<u8> + '_>) = match self {
-            TestSigner::Rsa(pair, algorithm) => (
-                *algorithm,
-                Box::new(move |input| {
-                    let padding: &dyn signature::RsaEncoding = match algorithm {
-                        Algorithm::RS384 => &signature::RSA_PKCS1_SHA384,
-                        Algorithm::RS512 => &signature::RSA_PKCS1_SHA512,
-                        Algorithm::PS256 => &signature::RSA_PSS_SHA256,
-                        Algorithm::PS384 => &signature::RSA_PSS_SHA384,
-                        Algorithm::PS512 => &signature::RSA_PSS_SHA512,
-                        _ => &signature::RSA_PKCS1_SHA256,
-                    };
-                    let mut signature = vec![0; pair.public_modulus_len()];
-                    pair.sign(padding, &rng, input, &mut signature)
-                        .expect("RSA signing with a fresh key cannot fail");
-                    signature
-                }),
-            ),
-            TestSigner::Ec(pair, algorithm, _, _) => (
-                *algorithm,
-                Box::new(move |input| {
-                    pair.sign(&rng, input)
-                        .expect("ECDSA signing with a fresh key cannot fail")
-                        .as_ref()
-                        .to_vec()
-                }),
-            ),
-            TestSigner::Ed25519(pair) => (
-                Algorithm::EdDSA,
-                Box::new(move |input| pair.sign(input).as_ref().to_vec()),
-            ),
-        };
-        let header = json!({"alg": algorithm.as_str(), "typ": "at+jwt", "kid": TEST_KID});
-        encode_compact(&header, claims, sign)
+        match self {
+            TestSigner::Rsa(pair, algorithm) => {
+                let padding: &dyn signature::RsaEncoding = match algorithm {
+                    Algorithm::RS384 => &signature::RSA_PKCS1_SHA384,
+                    Algorithm::RS512 => &signature::RSA_PKCS1_SHA512,
+                    Algorithm::PS256 => &signature::RSA_PSS_SHA256,
+                    Algorithm::PS384 => &signature::RSA_PSS_SHA384,
+                    Algorithm::PS512 => &signature::RSA_PSS_SHA512,
+                    _ => &signature::RSA_PKCS1_SHA256,
+                };
+                let mut signature = vec![0; pair.public_modulus_len()];
+                pair.sign(padding, &rng, input, &mut signature)
+                    .expect("RSA signing with a fresh key cannot fail");
+                signature
+            }
+            TestSigner::Ec(pair, ..) => pair
+                .sign(&rng, input)
+                .expect("ECDSA signing with a fresh key cannot fail")
+                .as_ref()
+                .to_vec(),
+            TestSigner::Ed25519(pair) => pair.sign(input).as_ref().to_vec(),
+        }
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let header = json!({"alg": self.algorithm().as_str(), "typ": "at+jwt", "kid": TEST_KID});
+        encode_compact(&header, claims, |input| self.signature(input))
     }
 }
