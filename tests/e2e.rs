@@ -8,11 +8,11 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use axum::Router;
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
+use support::envoy::start_envoy;
 use support::*;
 
 /// A child process killed on drop.
@@ -38,98 +38,6 @@ async fn echo_upstream() -> u16 {
     });
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     port
-}
-
-/// The shipped `manifests/envoy/envoy.yaml` with its documented default
-/// ports (listener 8080, admin 9901, upstream 127.0.0.1:8000, scopegate
-/// 127.0.0.1:9001) replaced in the parsed YAML. Panics if a default is not
-/// where its header comment says, so the documented ports stay true.
-fn envoy_config(listen: u16, admin: u16, upstream: u16, scopegate: u16) -> String {
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/manifests/envoy/envoy.yaml"
-    ))
-    .unwrap();
-    let mut config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&shipped).unwrap();
-    fn socket(address: &mut serde_yaml_ng::Value) -> &mut serde_yaml_ng::Value {
-        &mut address["socket_address"]["port_value"]
-    }
-    let replace = |port: &mut serde_yaml_ng::Value, default: u16, new: u16, what: &str| {
-        assert_eq!(
-            port.as_u64(),
-            Some(u64::from(default)),
-            "envoy.yaml: {what} is not on its documented default port {default}"
-        );
-        *port = new.into();
-    };
-    replace(
-        socket(&mut config["admin"]["address"]),
-        9901,
-        admin,
-        "admin",
-    );
-    let resources = &mut config["static_resources"];
-    let [listener] = resources["listeners"]
-        .as_sequence_mut()
-        .unwrap()
-        .as_mut_slice()
-    else {
-        panic!("envoy.yaml: expected one listener");
-    };
-    replace(
-        socket(&mut listener["address"]),
-        8080,
-        listen,
-        "the listener",
-    );
-    for cluster in resources["clusters"].as_sequence_mut().unwrap() {
-        let (default, new) = match cluster["name"].as_str() {
-            Some("upstream") => (8000, upstream),
-            Some("scopegate") => (9001, scopegate),
-            other => panic!("envoy.yaml: unexpected cluster {other:?}"),
-        };
-        let endpoint = &mut cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0];
-        replace(
-            socket(&mut endpoint["endpoint"]["address"]),
-            default,
-            new,
-            "a cluster",
-        );
-    }
-    serde_yaml_ng::to_string(&config).unwrap()
-}
-
-/// Starts Envoy on the shipped config, ports replaced; waits for /ready.
-async fn start_envoy(scopegate_port: u16, upstream_port: u16) -> (Process, u16) {
-    let envoy = tool("SCOPEGATE_ENVOY", ".tools/venv/bin/envoy");
-    let (listen, admin) = (free_port(), free_port());
-    let config = envoy_config(listen, admin, upstream_port, scopegate_port);
-    let dir = tempfile::tempdir().unwrap().keep();
-    let path = dir.join("envoy.yaml");
-    std::fs::write(&path, config).unwrap();
-    let child = Command::new(envoy)
-        .arg("-c")
-        .arg(&path)
-        .args(["--disable-hot-restart", "--log-level", "warn"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("envoy starts");
-    let process = Process(child);
-    let ready = format!("http://127.0.0.1:{admin}/ready");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = reqwest::get(&ready).await
-            && response.status().is_success()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "envoy did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    (process, listen)
 }
 
 #[tokio::test]

@@ -3,7 +3,9 @@
 //! scopegate server reached through a real tonic client.
 #![allow(dead_code)]
 
+pub mod envoy;
 pub mod load;
+pub mod mcp;
 pub mod process;
 pub mod redis;
 
