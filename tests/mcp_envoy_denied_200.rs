@@ -29,7 +29,7 @@ use scopegate::mcp::{
     DEFAULT_MAX_BODY_BYTES, ENVOY_MCP_METADATA_NAMESPACE, McpBody, McpCall, ProtectedResource,
 };
 use serde_json::json;
-use support::envoy::{http_filters, start_envoy_with};
+use support::envoy::{start_envoy_with, with_mcp_filter_and_body};
 use support::mcp::{McpServer, run_client};
 
 /// Answers the metadata document as a denied 200; allows everything else.
@@ -101,37 +101,6 @@ async fn start_recorder(resource: ProtectedResource) -> (u16, Arc<Mutex<Vec<Chec
             .unwrap()
     });
     (port, seen)
-}
-
-/// The shipped config with Envoy's MCP filter inserted before ext_authz,
-/// its metadata forwarded to the Check, and the body sent along (the
-/// settings envoy.yaml documents as not yet shipped).
-fn with_mcp_filter_and_body(config: &mut serde_yaml_ng::Value) {
-    let filters = http_filters(config);
-    let ext_authz = filters
-        .iter()
-        .position(|f| f["name"] == "envoy.filters.http.ext_authz")
-        .expect("envoy.yaml has ext_authz");
-    let mcp: serde_yaml_ng::Value = serde_yaml_ng::from_str(
-        r#"
-name: envoy.filters.http.mcp
-typed_config:
-  "@type": type.googleapis.com/envoy.extensions.filters.http.mcp.v3.Mcp
-"#,
-    )
-    .unwrap();
-    filters.insert(ext_authz, mcp);
-    let settings = &mut filters[ext_authz + 1]["typed_config"];
-    settings["metadata_context_namespaces"] = json_to_yaml(json!([ENVOY_MCP_METADATA_NAMESPACE]));
-    settings["with_request_body"] = json_to_yaml(json!({
-        "max_request_bytes": DEFAULT_MAX_BODY_BYTES,
-        "allow_partial_message": false,
-        "pack_as_bytes": true,
-    }));
-}
-
-fn json_to_yaml(value: serde_json::Value) -> serde_yaml_ng::Value {
-    serde_yaml_ng::to_value(value).unwrap()
 }
 
 #[tokio::test]

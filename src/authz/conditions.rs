@@ -33,7 +33,7 @@ pub fn check(
     conditions::evaluate(&rule.conditions, &bindings)
 }
 
-/// `request`: `method`, `host`, `path` (no query), `params`, and `headers`
+/// `request`: `method`, `host`, `path` (as the rules match it), `params`, and `headers`
 /// when a condition reads them.
 fn request_value(
     rule: &CompiledRule,
@@ -46,11 +46,10 @@ fn request_value(
         .into_iter()
         .map(|(name, value)| (Key::from(name), Value::from(value)))
         .collect();
-    let without_query = request.path.split(['?', '#']).next().unwrap_or_default();
     let mut fields: HashMap<Key, Value> = HashMap::from([
         (Key::from("method"), Value::from(request.method)),
         (Key::from("host"), Value::from(request.host)),
-        (Key::from("path"), Value::from(without_query)),
+        (Key::from("path"), Value::from(path.normalized())),
         (Key::from("params"), Value::Map(Map::from(params))),
     ]);
     if uses.headers {

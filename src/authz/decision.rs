@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::credentials::{Credentials, CredentialsError, RequestHeader, credentials};
 use super::token_cache::{KeyBinding, PreparedToken, TokenCache};
 use crate::jwks::KeysUnavailable;
+use crate::mcp::McpBody;
 use crate::policy::conditions::ConditionFailure;
 use crate::policy::{AmbiguousPath, CompiledRule, DefaultAction, Mode, RequestPath, ServedPolicy};
 use crate::token::{TokenError, UnverifiedToken, unix_now};
@@ -24,6 +25,19 @@ pub struct HttpAttributes<'a> {
     pub authorization: RequestHeader<'a>,
     /// The request headers (lower-case names), for conditions.
     pub headers: &'a std::collections::HashMap<String, String>,
+    /// Where an `mcp:` rule reads the JSON-RPC call from.
+    pub mcp: McpSource<'a>,
+}
+
+/// The request body and Envoy's MCP filter metadata, as the Check carries
+/// them (read only when a rule with `mcp:` could match).
+#[derive(Debug, Clone, Copy)]
+pub struct McpSource<'a> {
+    /// The body (`with_request_body`), possibly empty.
+    pub body: McpBody<'a>,
+    /// The Check's `metadata_context`, where `envoy.filters.http.mcp` puts
+    /// what it parsed.
+    pub metadata: Option<&'a envoy_types::pb::envoy::config::core::v3::Metadata>,
 }
 
 /// The outcome of a Check.
@@ -31,6 +45,9 @@ pub struct HttpAttributes<'a> {
 pub enum Decision {
     /// Let the request through.
     Allow(Allowed),
+    /// Answer with the policy's RFC 9728 protected resource metadata (no
+    /// token needed).
+    ResourceMetadata,
     /// Answer the client directly; with the verified token when only the
     /// rule (scopes, client) failed, for the decision log.
     Deny(Denial, Option<Arc<PreparedToken>>),
@@ -58,6 +75,8 @@ pub struct Denial {
     pub description: Cow<'static, str>,
     /// For `insufficient_scope`: the missing scopes, space-separated.
     pub missing_scopes: Option<String>,
+    /// Every scope the matched rule requires (the challenge's `scope`).
+    pub rule_scopes: Box<[Box<str>]>,
     /// Stable label for logs and metrics.
     pub reason: &'static str,
     /// The rule that matched, if any.
@@ -84,6 +103,7 @@ impl Denial {
             error: Some("access_denied"),
             description: description.into(),
             missing_scopes: None,
+            rule_scopes: Box::default(),
             reason,
             rule: None,
         }
@@ -95,6 +115,7 @@ impl Denial {
             error: None,
             description: "a bearer token is required".into(),
             missing_scopes: None,
+            rule_scopes: Box::default(),
             reason: "missing_token",
             rule: None,
         }
@@ -114,6 +135,7 @@ impl Denial {
             error: Some("invalid_request"),
             description: error.to_string().into(),
             missing_scopes: None,
+            rule_scopes: Box::default(),
             reason: error.label(),
             rule: None,
         }
@@ -125,6 +147,7 @@ impl Denial {
             error: Some("invalid_token"),
             description: error.to_string().into(),
             missing_scopes: None,
+            rule_scopes: Box::default(),
             reason: error.label(),
             rule: None,
         }
@@ -137,6 +160,7 @@ impl Denial {
             error: Some("temporarily_unavailable"),
             description: "the issuer's signing keys are not available yet".into(),
             missing_scopes: None,
+            rule_scopes: Box::default(),
             reason: "keys_unavailable",
             rule: None,
         }
@@ -144,7 +168,22 @@ impl Denial {
 
     fn with_rule(mut self, rule: Option<&CompiledRule>) -> Self {
         self.rule = rule.map(|r| r.name.clone());
+        self.rule_scopes = rule.map(|r| r.require_scopes.clone()).unwrap_or_default();
         self
+    }
+
+    /// 400 `invalid_request`: the request cannot be matched (an MCP body
+    /// that is not one JSON-RPC request).
+    fn bad_request(reason: &'static str, description: String) -> Self {
+        Denial {
+            status: 400,
+            error: Some("invalid_request"),
+            description: description.into(),
+            missing_scopes: None,
+            rule_scopes: Box::default(),
+            reason,
+            rule: None,
+        }
     }
 }
 
@@ -157,6 +196,14 @@ pub async fn decide(
     cache: &TokenCache,
     request: &HttpAttributes<'_>,
 ) -> Decision {
+    if served
+        .policy
+        .resource
+        .as_ref()
+        .is_some_and(|r| r.matches_metadata_request(request.method, request.path))
+    {
+        return Decision::ResourceMetadata;
+    }
     match (enforce(served, cache, request).await, served.policy.mode) {
         (Ok(allowed), _) => Decision::Allow(allowed),
         (Err((denial, token)), Mode::Enforce) => Decision::Deny(denial, token),
@@ -182,10 +229,8 @@ async fn enforce(
     let policy = &served.policy;
     let ambiguous = |e: AmbiguousPath| (Denial::forbidden("ambiguous_path", e.to_string()), None);
     let path = RequestPath::parse(request.path).map_err(ambiguous)?;
-    let rule = policy
-        .rules
-        .iter()
-        .find(|r| r.matches(request.method, &path));
+    let rule = super::mcp_call::find_rule(&policy.rules, &path, request)
+        .map_err(|e| (Denial::bad_request(e.label(), e.to_string()), None))?;
     if path.has_params() && !rule.is_some_and(|r| r.matrix_params) {
         return Err(ambiguous(AmbiguousPath));
     }
@@ -300,8 +345,9 @@ fn check_rule(rule: &CompiledRule, token: &PreparedToken) -> Result<(), Denial> 
     Err(Denial {
         status: 403,
         error: Some("insufficient_scope"),
-        description: "the token lacks a required scope".into(),
+        description: format!("the token lacks the scope {}", missing.join(" ")).into(),
         missing_scopes: Some(missing.join(" ")),
+        rule_scopes: Box::default(),
         reason: "insufficient_scope",
         rule: None,
     })

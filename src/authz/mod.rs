@@ -18,6 +18,7 @@
 mod conditions;
 mod credentials;
 mod decision;
+mod mcp_call;
 pub mod response;
 pub mod token_cache;
 mod trace_context;
@@ -36,10 +37,12 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub use credentials::RequestHeader;
+pub use decision::McpSource;
 pub use decision::{Allowed, Decision, Denial, HttpAttributes, decide, verify};
 pub use token_cache::{PreparedToken, TokenCache, TokenCacheSettings};
 pub use trace_context::extract_parent;
 
+use crate::mcp::McpBody;
 use crate::metrics::{self, DecisionLabel};
 use crate::policy::{ServedPolicy, SnapshotHandle, normalize_host};
 
@@ -88,7 +91,7 @@ impl CheckService {
         else {
             let denial = Denial::malformed_request();
             Outcome::denied(None, None, &denial, None).report(span, started);
-            return response::deny("", &denial);
+            return response::deny("", &denial, None);
         };
         let raw_host = attributes
             .context_extensions
@@ -99,7 +102,7 @@ impl CheckService {
         let Some(served) = self.snapshot.load().lookup(&host).cloned() else {
             let denial = Denial::unknown_host();
             Outcome::denied(None, request, &denial, None).report(span, started);
-            return response::deny(&host, &denial);
+            return response::deny(&host, &denial, None);
         };
         let attributes = HttpAttributes {
             host: &host,
@@ -107,8 +110,42 @@ impl CheckService {
             path: &http.path,
             authorization: authorization_header(http),
             headers: &http.headers,
+            mcp: McpSource {
+                body: McpBody {
+                    bytes: if http.raw_body.is_empty() {
+                        http.body.as_bytes()
+                    } else {
+                        &http.raw_body
+                    },
+                    partial: http
+                        .headers
+                        .get("x-envoy-auth-partial-body")
+                        .is_some_and(|v| v == "true"),
+                    declared_length: http
+                        .headers
+                        .get("content-length")
+                        .and_then(|v| v.parse().ok()),
+                },
+                metadata: attributes.metadata_context.as_ref(),
+            },
         };
         match decide(&served, &self.token_cache, &attributes).await {
+            Decision::ResourceMetadata => {
+                let resource = served
+                    .policy
+                    .resource
+                    .as_ref()
+                    .expect("decide answers metadata only for a policy with a resource");
+                let allowed = Allowed {
+                    token: None,
+                    rule: std::borrow::Cow::Borrowed("resource_metadata"),
+                    audited_denial: None,
+                };
+                let mut outcome = Outcome::allowed(&served, request, &allowed);
+                outcome.reason = "resource_metadata";
+                outcome.report(span, started);
+                response::resource_metadata(resource)
+            }
             Decision::Allow(allowed) => {
                 let response = response::allow(&served.policy, &allowed);
                 let outcome = match &allowed.audited_denial {
@@ -126,7 +163,7 @@ impl CheckService {
             Decision::Deny(denial, token) => {
                 Outcome::denied(Some(&served), request, &denial, token.as_deref())
                     .report(span, started);
-                response::deny(&host, &denial)
+                response::deny(&host, &denial, served.policy.resource.as_ref())
             }
         }
     }

@@ -13,11 +13,13 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 
 use super::decision::{Allowed, Denial};
+use crate::mcp::{BearerError, Challenge, ProtectedResource};
 use crate::policy::CompiledPolicy;
 
 /// gRPC status codes Envoy reads from `CheckResponse.status`.
 mod code {
     pub const OK: i32 = 0;
+    pub const INVALID_ARGUMENT: i32 = 3;
     pub const PERMISSION_DENIED: i32 = 7;
     pub const UNAVAILABLE: i32 = 14;
     pub const UNAUTHENTICATED: i32 = 16;
@@ -77,8 +79,10 @@ pub fn allow(policy: &CompiledPolicy, allowed: &Allowed) -> CheckResponse {
 
 /// A `DeniedHttpResponse`: the status, an RFC 6750 `WWW-Authenticate`
 /// challenge (except for 503), and a JSON body
-/// `{"error": "…", "error_description": "…"}`.
-pub fn deny(realm: &str, denial: &Denial) -> CheckResponse {
+/// `{"error": "…", "error_description": "…"}` (plus `missing_scopes` for
+/// `insufficient_scope`). With a protected `resource`, every challenge names
+/// its metadata document and a 401 names the rule's scopes (MCP).
+pub fn deny(realm: &str, denial: &Denial, resource: Option<&ProtectedResource>) -> CheckResponse {
     let mut headers = vec![header(
         "content-type",
         "application/json",
@@ -87,62 +91,114 @@ pub fn deny(realm: &str, denial: &Denial) -> CheckResponse {
     if denial.status != 503 {
         headers.push(header(
             "www-authenticate",
-            &www_authenticate(realm, denial),
+            &www_authenticate(realm, denial, resource),
             HeaderAppendAction::OverwriteIfExistsOrAdd,
         ));
     }
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "error": denial.error.unwrap_or("unauthorized"),
         "error_description": denial.description,
     });
+    if let Some(missing) = &denial.missing_scopes {
+        body["missing_scopes"] = missing.as_str().into();
+    }
     let grpc_code = match denial.status {
+        400 => code::INVALID_ARGUMENT,
         401 => code::UNAUTHENTICATED,
         503 => code::UNAVAILABLE,
         _ => code::PERMISSION_DENIED,
     };
+    denied(
+        denial.status,
+        grpc_code,
+        denial.reason,
+        headers,
+        body.to_string(),
+    )
+}
+
+/// The policy's RFC 9728 metadata document, answered by Envoy as the
+/// client's response (a `DeniedHttpResponse` with status 200 reaches the
+/// client unchanged): no token needed, `application/json`.
+pub fn resource_metadata(resource: &ProtectedResource) -> CheckResponse {
+    let headers = vec![
+        header(
+            "content-type",
+            "application/json",
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ),
+        header(
+            "cache-control",
+            "max-age=300",
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ),
+    ];
+    denied(
+        200,
+        code::PERMISSION_DENIED,
+        "resource_metadata",
+        headers,
+        resource.document_body(),
+    )
+}
+
+/// A `CheckResponse` answering the client directly.
+fn denied(
+    status: u16,
+    grpc_code: i32,
+    reason: &str,
+    headers: Vec<HeaderValueOption>,
+    body: String,
+) -> CheckResponse {
     CheckResponse {
         status: Some(rpc::Status {
             code: grpc_code,
-            message: denial.reason.to_string(),
+            message: reason.to_string(),
             ..Default::default()
         }),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
             status: Some(HttpStatus {
-                code: i32::from(denial.status),
+                code: i32::from(status),
             }),
             headers,
-            body: body.to_string(),
+            body,
         })),
         dynamic_metadata: None,
     }
 }
 
-/// `Bearer realm="…"[, error="…", error_description="…"][, scope="…"]`.
-pub fn www_authenticate(realm: &str, denial: &Denial) -> String {
-    let mut challenge = format!("Bearer realm=\"{}\"", quoted_string_content(realm));
-    if let Some(error) = denial.error {
-        challenge.push_str(&format!(
-            ", error=\"{error}\", error_description=\"{}\"",
-            quoted_string_content(&denial.description)
-        ));
+/// `Bearer realm="…"[, error="…", error_description="…"][, scope="…"][, resource_metadata="…"]`:
+/// `scope` is every scope the matched rule requires, on `insufficient_scope`
+/// (RFC 6750 §3: "the scope necessary"; MCP clients replace their scopes
+/// with it) and, with a protected resource, on a 401 too.
+pub fn www_authenticate(
+    realm: &str,
+    denial: &Denial,
+    resource: Option<&ProtectedResource>,
+) -> String {
+    let mut challenge = Challenge::bearer(realm);
+    if let Some(error) = denial.error.and_then(bearer_error) {
+        challenge = challenge.error(error).description(&denial.description);
     }
-    if let Some(scopes) = &denial.missing_scopes {
-        challenge.push_str(&format!(", scope=\"{}\"", quoted_string_content(scopes)));
+    let names_scopes =
+        denial.error == Some("insufficient_scope") || (denial.status == 401 && resource.is_some());
+    if names_scopes {
+        challenge = challenge.scope(denial.rule_scopes.iter());
     }
-    challenge
+    if let Some(resource) = resource {
+        challenge = challenge.resource_metadata(&resource.metadata_url());
+    }
+    challenge.render()
 }
 
-/// Escapes `"` and `\` and drops control characters, so a value cannot end
-/// the quoted string or the header.
-fn quoted_string_content(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars().filter(|c| !c.is_control()) {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
+fn bearer_error(error: &str) -> Option<BearerError> {
+    Some(match error {
+        "invalid_request" => BearerError::InvalidRequest,
+        "invalid_token" => BearerError::InvalidToken,
+        "insufficient_scope" => BearerError::InsufficientScope,
+        "access_denied" => BearerError::AccessDenied,
+        _ => return None,
+    })
 }
 
 fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
@@ -167,40 +223,68 @@ fn string_value(s: &str) -> Value {
 mod tests {
     use super::*;
 
-    fn denial(error: Option<&'static str>, scopes: Option<&str>) -> Denial {
+    fn denial(error: Option<&'static str>, rule_scopes: &[&str]) -> Denial {
         Denial {
-            status: 403,
+            status: if error == Some("invalid_token") || error.is_none() {
+                401
+            } else {
+                403
+            },
             error,
-            description: "the token lacks a required scope".into(),
-            missing_scopes: scopes.map(String::from),
+            description: "the token lacks the scope write:orders".into(),
+            missing_scopes: Some("write:orders".into()),
+            rule_scopes: rule_scopes.iter().map(|s| Box::from(*s)).collect(),
             reason: "insufficient_scope",
             rule: None,
         }
     }
 
+    fn resource() -> ProtectedResource {
+        ProtectedResource::new(
+            "https://mcp.example.com/mcp",
+            vec!["https://tenant.example.com/".into()],
+            vec!["orders:read".into()],
+        )
+        .unwrap()
+    }
+
     #[test]
-    fn challenge_names_the_missing_scopes() {
+    fn the_403_challenge_names_every_scope_the_rule_requires() {
         assert_eq!(
             www_authenticate(
                 "orders.example.com",
-                &denial(Some("insufficient_scope"), Some("read:orders write:orders"))
+                &denial(Some("insufficient_scope"), &["read:orders", "write:orders"]),
+                None
             ),
             "Bearer realm=\"orders.example.com\", error=\"insufficient_scope\", \
-             error_description=\"the token lacks a required scope\", scope=\"read:orders write:orders\""
+             error_description=\"the token lacks the scope write:orders\", scope=\"read:orders write:orders\""
         );
     }
 
     #[test]
     fn challenge_without_credentials_has_only_the_realm() {
         assert_eq!(
-            www_authenticate("api", &denial(None, None)),
+            www_authenticate("api", &denial(None, &["read:orders"]), None),
             "Bearer realm=\"api\""
         );
     }
 
     #[test]
+    fn with_a_protected_resource_a_401_names_the_scopes_and_the_metadata() {
+        assert_eq!(
+            www_authenticate(
+                "mcp.example.com",
+                &denial(None, &["orders:read"]),
+                Some(&resource())
+            ),
+            "Bearer realm=\"mcp.example.com\", scope=\"orders:read\", \
+             resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\""
+        );
+    }
+
+    #[test]
     fn realm_cannot_break_out_of_its_quotes() {
-        let challenge = www_authenticate("evil\"\r\nx: y\\", &denial(None, None));
+        let challenge = www_authenticate("evil\"\r\nx: y\\", &denial(None, &[]), None);
         assert_eq!(challenge, "Bearer realm=\"evil\\\"x: y\\\\\"");
     }
 }

@@ -31,6 +31,9 @@ pub enum BearerError {
     InvalidToken,
     /// `insufficient_scope`: the token lacks a scope the request needs (403).
     InsufficientScope,
+    /// `access_denied`: the token is fine but this request is not allowed
+    /// (403: no rule, a client or condition that does not hold).
+    AccessDenied,
 }
 
 impl BearerError {
@@ -40,6 +43,7 @@ impl BearerError {
             BearerError::InvalidRequest => "invalid_request",
             BearerError::InvalidToken => "invalid_token",
             BearerError::InsufficientScope => "insufficient_scope",
+            BearerError::AccessDenied => "access_denied",
         }
     }
 }

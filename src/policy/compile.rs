@@ -8,6 +8,7 @@ use super::conditions::{self, Condition, Uses};
 use super::matching::{HostPattern, PathPattern};
 use super::spec::{DefaultAction, IssuerSpec, Mode, RuleSpec, TokenPolicySpec, is_reserved_header};
 use crate::jwks::JwksSource;
+use crate::mcp::{McpMatcher, ProtectedResource};
 use crate::token::{Algorithm, AlgorithmSet, IssuerRules};
 
 /// A policy's identity: `namespace/name`.
@@ -32,6 +33,8 @@ pub struct CompiledPolicy {
     pub claim_headers: Box<[ClaimHeader]>,
     /// Enforce or audit.
     pub mode: Mode,
+    /// RFC 9728 protected resource metadata, with `resource`.
+    pub resource: Option<ProtectedResource>,
     /// What compiles but is probably not what the author meant: reported by
     /// `validate`, in the status message and the log, never enforced.
     pub warnings: Vec<FieldError>,
@@ -82,6 +85,8 @@ pub struct CompiledRule {
     pub anonymous: bool,
     /// Paths with `;` parameters may match this rule.
     pub matrix_params: bool,
+    /// `mcp`: the JSON-RPC call this rule matches.
+    pub mcp: Option<McpMatcher>,
     /// `when`: CEL conditions that must all hold.
     pub conditions: Box<[Condition]>,
     /// What the conditions read, so a Check builds only that.
@@ -142,6 +147,10 @@ impl CompiledPolicy {
     pub fn compile(id: PolicyId, spec: &TokenPolicySpec) -> Result<Self, Vec<FieldError>> {
         let mut errors = Errors::default();
 
+        errors.at_most("spec.hosts", spec.hosts.len(), 64);
+        errors.at_most("spec.rules", spec.rules.len(), 256);
+        errors.at_most("spec.claimHeaders", spec.claim_headers.len(), 32);
+        errors.at_most("spec.scopeClaims", spec.scope_claims.len(), 8);
         if spec.hosts.is_empty() {
             errors.add("spec.hosts", "must list at least one host");
         }
@@ -167,7 +176,7 @@ impl CompiledPolicy {
             }
         }
 
-        let rules = spec
+        let rules: Box<[CompiledRule]> = spec
             .rules
             .iter()
             .enumerate()
@@ -193,6 +202,10 @@ impl CompiledPolicy {
             });
         }
 
+        let resource = spec
+            .resource
+            .as_ref()
+            .and_then(|r| compile_resource(r, issuers.as_deref(), &rules, &mut errors));
         match (errors.0.is_empty(), issuers) {
             (true, Some(issuers)) => Ok(CompiledPolicy {
                 id,
@@ -203,10 +216,56 @@ impl CompiledPolicy {
                 default_action: spec.default_action,
                 claim_headers: claim_headers.into(),
                 mode: spec.mode,
+                resource,
                 warnings: warnings.0,
             }),
             _ => Err(errors.0),
         }
+    }
+}
+
+/// `spec.resource`: the RFC 9728 document, whose `resource` must be one of
+/// the issuers' audiences (RFC 8707: the API identifier tokens are for).
+fn compile_resource(
+    spec: &super::spec::ResourceSpec,
+    issuers: Option<&[CompiledIssuer]>,
+    rules: &[CompiledRule],
+    errors: &mut Errors,
+) -> Option<ProtectedResource> {
+    let issuers = issuers?;
+    if !issuers
+        .iter()
+        .any(|i| i.rules.audiences.iter().any(|a| **a == *spec.id))
+    {
+        errors.add(
+            "spec.resource.id",
+            format!(
+                "{:?} must be one of the issuer's audiences (tokens for this resource carry it in aud)",
+                spec.id
+            ),
+        );
+        return None;
+    }
+    let mut scopes: Vec<String> = rules
+        .iter()
+        .flat_map(|r| r.require_scopes.iter().map(ToString::to_string))
+        .collect();
+    scopes.sort();
+    scopes.dedup();
+    let servers = issuers.iter().map(|i| i.rules.issuer.to_string()).collect();
+    let resource = ProtectedResource::new(&spec.id, servers, scopes)
+        .map_err(|e| errors.add("spec.resource.id", e.to_string()))
+        .ok()?;
+    let resource = match &spec.name {
+        Some(name) => resource.with_name(name),
+        None => resource,
+    };
+    match &spec.documentation {
+        Some(url) => resource
+            .with_documentation(url)
+            .map_err(|e| errors.add("spec.resource.documentation", e.to_string()))
+            .ok(),
+        None => Some(resource),
     }
 }
 
@@ -393,6 +452,24 @@ fn compile_rule(index: usize, rule: &RuleSpec, errors: &mut Errors) -> CompiledR
             "an anonymous rule cannot have conditions (they read the token)",
         );
     }
+    errors.at_most(format!("{field}.when"), rule.when.len(), 16);
+    errors.at_most(
+        format!("{field}.requireScopes"),
+        rule.require_scopes.len(),
+        64,
+    );
+    errors.at_most(
+        format!("{field}.paths"),
+        rule.paths.as_ref().map_or(0, Vec::len),
+        64,
+    );
+    let mcp = rule.mcp.as_ref().and_then(|mcp| {
+        errors.check(
+            format!("{field}.mcp"),
+            McpMatcher::new(mcp.methods.as_deref(), mcp.tools.as_deref())
+                .map_err(|e| e.to_string()),
+        )
+    });
     let conditions: Box<[Condition]> = rule
         .when
         .iter()
@@ -412,6 +489,7 @@ fn compile_rule(index: usize, rule: &RuleSpec, errors: &mut Errors) -> CompiledR
         allowed_clients: rule.allowed_clients.as_deref().map(boxed_strs),
         anonymous: rule.anonymous,
         matrix_params: rule.matrix_params,
+        mcp,
         condition_uses: conditions::uses_of(&conditions),
         conditions,
     }
@@ -488,6 +566,16 @@ impl Errors {
             field: field.into(),
             message: message.into(),
         });
+    }
+
+    /// The CRD's `maxItems`, checked for files too.
+    fn at_most(&mut self, field: impl Into<String>, len: usize, max: usize) {
+        if len > max {
+            self.add(
+                field,
+                format!("has {len} entries; at most {max} are allowed"),
+            );
+        }
     }
 
     fn check<T>(&mut self, field: String, result: Result<T, String>) -> Option<T> {

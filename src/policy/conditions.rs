@@ -6,7 +6,7 @@
 //! | variable | what |
 //! |---|---|
 //! | `claims` | the verified token's claims, as JSON (`claims.sub`, `claims.authorization_details`) |
-//! | `request` | `method`, `host`, `path` (no query), `headers` (lower-case names), `params` (path captures) |
+//! | `request` | `method`, `host`, `path` (as rules match it: decoded, no query or `;` parameters), `headers` (lower-case names), `params` (path captures) |
 //! | `token` | `scopes` (the granted scopes, a list) and `client` (`azp`, else `client_id`) |
 //! | `actor` | the RFC 8693 `act` chain, outermost first (`actor[0].sub`); empty without `act` |
 //!

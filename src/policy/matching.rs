@@ -268,6 +268,21 @@ impl<'a> RequestPath<'a> {
         })
     }
 
+    /// The path as the rules match it: `/` and the segments, decoded and
+    /// without empty segments, query or `;` parameters (`request.path` of
+    /// conditions, so that `/%61dmin` is `/admin` there too).
+    pub fn normalized(&self) -> String {
+        let mut path = String::with_capacity(self.segments.iter().map(|s| s.len() + 1).sum());
+        for segment in &self.segments {
+            path.push('/');
+            path.push_str(segment);
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        path
+    }
+
     /// Whether a segment carried `;` parameters.
     pub fn has_params(&self) -> bool {
         self.has_params

@@ -82,6 +82,11 @@ pub struct TokenPolicySpec {
     #[serde(default = "default_scope_claims")]
     #[schemars(length(min = 1, max = 8), inner(length(min = 1, max = 256)))]
     pub scope_claims: Vec<String>,
+    /// RFC 9728 protected resource metadata for this API (MCP servers):
+    /// answered at `/.well-known/oauth-protected-resource…` without a token,
+    /// and named in every challenge (`resource_metadata`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ResourceSpec>,
     /// Request rules; the first one that matches the method and path decides.
     #[serde(default)]
     #[schemars(length(max = 256))]
@@ -169,6 +174,11 @@ pub struct RuleSpec {
     /// No token needed (a token, if sent, is still validated).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub anonymous: bool,
+    /// MCP: the JSON-RPC `method` and, for `tools/call`, the tool name
+    /// (`params.name`) this rule matches (globs; omitted: any). Needs the
+    /// request body in the Check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpRuleSpec>,
     /// CEL conditions that must all hold (over `claims`, `request`, `token`
     /// and `actor`), e.g. `request.params.user == claims.sub`. False: 403
     /// `access_denied`; an evaluation error: 403, never an allow.
@@ -181,6 +191,38 @@ pub struct RuleSpec {
     /// `/admin;x/users` would reach `/admin/users` past an `/admin/**` rule).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub matrix_params: bool,
+}
+
+/// The protected resource (RFC 9728) a policy describes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceSpec {
+    /// The resource identifier (RFC 8707): the MCP server's URL. Must be one
+    /// of the issuer's audiences.
+    #[schemars(length(min = 1, max = 1024))]
+    pub id: String,
+    /// A human-readable name (`resource_name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub name: Option<String>,
+    /// Where its documentation is (`resource_documentation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub documentation: Option<String>,
+}
+
+/// An `mcp:` rule matcher.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct McpRuleSpec {
+    /// JSON-RPC methods (`tools/call`, `tools/list`, `notifications/*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 128)))]
+    pub methods: Option<Vec<String>>,
+    /// Tool names of `tools/call` (`delete_*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 128)))]
+    pub tools: Option<Vec<String>>,
 }
 
 /// What happens to a request that no rule matches.

@@ -6,6 +6,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use scopegate::mcp::{DEFAULT_MAX_BODY_BYTES, ENVOY_MCP_METADATA_NAMESPACE};
+use serde_json::json;
+
 use super::{free_port, tool};
 
 /// A child process killed (and reaped) on drop.
@@ -103,8 +106,19 @@ pub async fn start_envoy_with(
     upstream_port: u16,
     edit: impl FnOnce(&mut serde_yaml_ng::Value),
 ) -> (ChildGuard, u16) {
+    start_envoy_on(free_port(), scopegate_port, upstream_port, edit).await
+}
+
+/// [`start_envoy_with`] on a listener port chosen by the caller (for a
+/// policy that names Envoy's own URL, such as an MCP `resource.id`).
+pub async fn start_envoy_on(
+    listen: u16,
+    scopegate_port: u16,
+    upstream_port: u16,
+    edit: impl FnOnce(&mut serde_yaml_ng::Value),
+) -> (ChildGuard, u16) {
     let envoy = tool("SCOPEGATE_ENVOY", ".tools/venv/bin/envoy");
-    let (listen, admin) = (free_port(), free_port());
+    let admin = free_port();
     let mut config = envoy_config(listen, admin, upstream_port, scopegate_port);
     edit(&mut config);
     let dir = tempfile::tempdir().unwrap().keep();
@@ -134,4 +148,35 @@ pub async fn start_envoy_with(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     (process, listen)
+}
+
+/// The shipped config with Envoy's MCP filter inserted before ext_authz,
+/// its metadata forwarded to the Check, and the body sent along (the
+/// settings envoy.yaml documents as not yet shipped).
+pub fn with_mcp_filter_and_body(config: &mut serde_yaml_ng::Value) {
+    let filters = http_filters(config);
+    let ext_authz = filters
+        .iter()
+        .position(|f| f["name"] == "envoy.filters.http.ext_authz")
+        .expect("envoy.yaml has ext_authz");
+    let mcp: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        r#"
+name: envoy.filters.http.mcp
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.filters.http.mcp.v3.Mcp
+"#,
+    )
+    .unwrap();
+    filters.insert(ext_authz, mcp);
+    let settings = &mut filters[ext_authz + 1]["typed_config"];
+    settings["metadata_context_namespaces"] = json_to_yaml(json!([ENVOY_MCP_METADATA_NAMESPACE]));
+    settings["with_request_body"] = json_to_yaml(json!({
+        "max_request_bytes": DEFAULT_MAX_BODY_BYTES,
+        "allow_partial_message": false,
+        "pack_as_bytes": true,
+    }));
+}
+
+pub fn json_to_yaml(value: serde_json::Value) -> serde_yaml_ng::Value {
+    serde_yaml_ng::to_value(value).unwrap()
 }
