@@ -56,20 +56,24 @@ fn rpc(
     body: &Value,
     token: Option<&str>,
 ) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    rpc_bytes(body.to_string().into_bytes(), token)
+}
+
+/// A Check of `POST /mcp` with these body bytes.
+fn rpc_bytes(
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
     let mut request = check_request("mcp.example.com", "POST", "/mcp", &headers, HashMap::new());
     let http = request
         .attributes
         .as_mut()
-        .unwrap()
-        .request
-        .as_mut()
-        .unwrap()
-        .http
-        .as_mut()
-        .unwrap();
-    http.raw_body = body.to_string().into_bytes();
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .expect("check_request builds HTTP attributes");
+    http.raw_body = body;
     request
 }
 
@@ -176,18 +180,10 @@ async fn a_body_that_is_not_one_json_rpc_request_is_a_400() {
             checked.0.status
         );
     }
-    let mut not_json = rpc(&json!(null), Some(&reader));
-    not_json
-        .attributes
-        .as_mut()
-        .unwrap()
-        .request
-        .as_mut()
-        .unwrap()
-        .http
-        .as_mut()
-        .unwrap()
-        .raw_body = b"{\"jsonrpc\": \"2.0\", \"method\": ".to_vec();
+    let not_json = rpc_bytes(
+        b"{\"jsonrpc\": \"2.0\", \"method\": ".to_vec(),
+        Some(&reader),
+    );
     assert_eq!(sg.send(not_json).await.http_status(), 400);
 }
 
