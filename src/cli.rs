@@ -249,6 +249,8 @@ impl Command {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = crate::serve::ShutdownSignal::install()
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGTERM handler: {e}"))?;
     let telemetry = telemetry::init(args.log_format)?;
     let policies = if args.kubernetes {
         PolicySource::Kubernetes(KubernetesConfig {
@@ -304,7 +306,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             issuer.issuer()
         );
     }
-    crate::serve::shutdown_signal().await;
+    shutdown.received().await;
     tracing::info!("shutting down");
     running.shutdown().await;
     telemetry.shutdown().await;
