@@ -89,6 +89,18 @@ impl Denial {
         Denial::forbidden("unknown_host", "no policy protects this host")
     }
 
+    /// The host belongs to a policy that is invalid and whose last valid
+    /// version this replica never loaded: 503, never another policy's answer.
+    pub fn policy_held() -> Self {
+        Denial {
+            status: 503,
+            error: Some("temporarily_unavailable"),
+            description: "the policy for this host is invalid; fix it (see its status)".into(),
+            reason: "policy_invalid",
+            ..Denial::forbidden("policy_invalid", "")
+        }
+    }
+
     /// The request has no usable attributes.
     pub fn malformed_request() -> Self {
         Denial::forbidden(

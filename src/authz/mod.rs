@@ -99,8 +99,12 @@ impl CheckService {
             .unwrap_or(&http.host);
         let host = normalize_host(raw_host);
         let request = Some((&*host, http));
-        let Some(served) = self.snapshot.load().lookup(&host).cloned() else {
-            let denial = Denial::unknown_host();
+        let snapshot = self.snapshot.load();
+        let Some(served) = snapshot.lookup(&host).cloned() else {
+            let denial = match snapshot.held_by(&host) {
+                Some(_) => Denial::policy_held(),
+                None => Denial::unknown_host(),
+            };
             Outcome::denied(None, request, &denial, None).report(span, started);
             return response::deny(&host, &denial, None);
         };

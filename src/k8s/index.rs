@@ -21,7 +21,7 @@ use kube::ResourceExt as _;
 
 use crate::policy::spec::TokenPolicyStatus;
 use crate::policy::{
-    Candidate, CompiledPolicy, FieldError, PolicyId, TokenPolicy, TokenPolicySpec,
+    Candidate, CompiledPolicy, FieldError, HostPattern, PolicyId, TokenPolicy, TokenPolicySpec,
 };
 
 /// `namespace/name` of an object, ordered for deterministic iteration.
@@ -60,6 +60,10 @@ pub struct IndexedPolicy {
     pub compiled: Result<CompiledPolicy, Vec<FieldError>>,
     /// The last version that compiled, kept while `compiled` is an error.
     last_good: Option<CompiledPolicy>,
+    /// Without `last_good` while `compiled` is an error: the hosts the
+    /// object's status says it served (written by a leader that saw its last
+    /// good version), held for it so no other policy takes them.
+    held_hosts: Vec<HostPattern>,
     /// Since when the object has had a servable version: lower ranks own
     /// contested hosts. `None` while it never compiled.
     servable_since: Option<Rank>,
@@ -69,7 +73,16 @@ pub struct IndexedPolicy {
 
 impl IndexedPolicy {
     fn is_servable(&self) -> bool {
-        self.compiled.is_ok() || self.last_good.is_some()
+        self.compiled.is_ok() || self.last_good.is_some() || !self.held_hosts.is_empty()
+    }
+
+    /// `status.servedHosts`, parsed (an entry that does not parse is left out).
+    fn recorded_hosts(&self) -> Vec<HostPattern> {
+        self.status
+            .iter()
+            .flat_map(|status| &status.served_hosts)
+            .filter_map(|host| HostPattern::parse(host).ok())
+            .collect()
     }
 
     /// Whether the object's status says it lost a host conflict for its
@@ -148,8 +161,11 @@ impl PolicyIndex {
         if let Some(previous) = previous {
             if indexed.compiled.is_err() {
                 indexed.last_good = previous.compiled.ok().or(previous.last_good);
+                indexed.held_hosts = previous.held_hosts;
             }
             indexed.servable_since = previous.servable_since;
+        } else if indexed.compiled.is_err() {
+            indexed.held_hosts = indexed.recorded_hosts();
         }
         if indexed.servable_since.is_none() && indexed.is_servable() {
             indexed.servable_since = Some(if first_sight {
@@ -217,6 +233,7 @@ impl PolicyIndex {
                 id: key.id(),
                 compiled: indexed.compiled.clone(),
                 last_good: indexed.last_good.clone(),
+                held_hosts: indexed.held_hosts.clone(),
             })
             .collect()
     }
@@ -239,6 +256,7 @@ fn compile(key: &ObjectKey, policy: TokenPolicy) -> IndexedPolicy {
         spec: policy.spec,
         compiled,
         last_good: None,
+        held_hosts: Vec::new(),
         servable_since: None,
         status: policy.status,
     }
@@ -437,6 +455,7 @@ mod tests {
             }],
             jwks: None,
             issuers: Vec::new(),
+            served_hosts: Vec::new(),
         });
         let mut index = PolicyIndex::default();
         let scope = Scope::All;
@@ -466,6 +485,47 @@ mod tests {
             states[2].1,
             PolicyState::Accepted,
             "same namespace may carve out"
+        );
+    }
+
+    /// Finding 1, on a replica that starts after the owner's invalid edit:
+    /// it never saw the last good version, but the owner's status records
+    /// the hosts it served, so they stay held for it (503), not handed over.
+    #[test]
+    fn a_replica_that_starts_after_an_invalid_edit_holds_the_owners_hosts() {
+        let mut owner = broken(policy("a", "owner", 10, &["*.own.example.com"]));
+        owner.status = Some(TokenPolicyStatus {
+            observed_generation: Some(1),
+            served_hosts: vec!["*.own.example.com".into()],
+            ..Default::default()
+        });
+        let mut index = PolicyIndex::default();
+        index.apply(owner);
+        index.apply(policy("b", "rival", 20, &["pay.own.example.com"]));
+        let states = states(&index);
+        assert!(
+            matches!(&states[0], (id, PolicyState::Invalid { serving_last_good: false, .. }) if id == "a/owner"),
+            "{states:?}"
+        );
+        assert!(
+            matches!(&states[1].1, PolicyState::HostConflict { winner, .. } if &**winner == "a/owner"),
+            "{states:?}"
+        );
+        let registry = crate::jwks::JwksRegistry::new(Default::default());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let snapshot =
+            runtime.block_on(async { PolicySnapshot::build(index.candidates(), &registry) });
+        assert!(snapshot.lookup("pay.own.example.com").is_none());
+        assert_eq!(
+            snapshot.held_by("pay.own.example.com").map(|id| &**id),
+            Some("a/owner")
+        );
+        assert_eq!(
+            snapshot.hosts_of("a/owner"),
+            vec!["*.own.example.com".to_string()]
         );
     }
 }

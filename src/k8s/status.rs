@@ -39,6 +39,7 @@ pub fn desired_status(
     indexed: &IndexedPolicy,
     state: &PolicyState,
     issuers: &[IssuerKeys],
+    served_hosts: Vec<String>,
     now: SystemTime,
 ) -> TokenPolicyStatus {
     // Which issuer a message is about, when there are several.
@@ -77,6 +78,10 @@ pub fn desired_status(
                 .join("; ");
             let message = if *serving_last_good {
                 format!("{errors} (the last valid version keeps serving)")
+            } else if !served_hosts.is_empty() {
+                format!(
+                    "{errors} (its hosts stay reserved for it, answering 503, until it is fixed or deleted)"
+                )
             } else {
                 errors
             };
@@ -122,6 +127,7 @@ pub fn desired_status(
             last_transition_time,
         }],
         jwks: issuers.first().map(|i| jwks_status(&i.state)),
+        served_hosts,
         issuers: if issuers.len() > 1 {
             issuers
                 .iter()
@@ -269,7 +275,7 @@ impl StatusWriter {
                 let id = key.id();
                 let state = states.get(&*id)?;
                 let issuers = jwks.get(&*id).map_or(&[][..], Vec::as_slice);
-                let desired = desired_status(indexed, state, issuers, now);
+                let desired = desired_status(indexed, state, issuers, snapshot.hosts_of(&id), now);
                 let unchanged = indexed.status.as_ref() == Some(&desired);
                 let just_written = recently_written
                     .get(key)
@@ -328,7 +334,13 @@ mod tests {
     fn each_state_maps_to_a_ready_condition() {
         let now = SystemTime::now();
         let policy = indexed(None);
-        let accepted = desired_status(&policy, &PolicyState::Accepted, &one(jwks(2, None)), now);
+        let accepted = desired_status(
+            &policy,
+            &PolicyState::Accepted,
+            &one(jwks(2, None)),
+            Vec::new(),
+            now,
+        );
         assert_eq!(ready(&accepted), ("True", "Accepted", ""));
         assert_eq!(accepted.observed_generation, Some(3));
         assert_eq!(accepted.jwks.as_ref().unwrap().keys, 2);
@@ -337,6 +349,7 @@ mod tests {
             &policy,
             &PolicyState::Accepted,
             &one(jwks(2, Some("HTTP 500"))),
+            Vec::new(),
             now,
         );
         assert_eq!(ready(&stale).0, "True");
@@ -346,6 +359,7 @@ mod tests {
             &policy,
             &PolicyState::Accepted,
             &one(jwks(0, Some("refused"))),
+            Vec::new(),
             now,
         );
         assert_eq!(ready(&unavailable), ("False", "JwksUnavailable", "refused"));
@@ -358,11 +372,24 @@ mod tests {
             serving_last_good,
         };
         assert_eq!(
-            ready(&desired_status(&policy, &invalid(false), &[], now)),
+            ready(&desired_status(
+                &policy,
+                &invalid(false),
+                &[],
+                Vec::new(),
+                now
+            )),
             ("False", "Invalid", "spec.hosts: empty")
         );
         assert_eq!(
-            ready(&desired_status(&policy, &invalid(true), &[], now)).2,
+            ready(&desired_status(
+                &policy,
+                &invalid(true),
+                &[],
+                Vec::new(),
+                now
+            ))
+            .2,
             "spec.hosts: empty (the last valid version keeps serving)"
         );
 
@@ -372,7 +399,7 @@ mod tests {
             winner_host: "x.example.com".into(),
         };
         assert_eq!(
-            ready(&desired_status(&policy, &conflict, &[], now)).2,
+            ready(&desired_status(&policy, &conflict, &[], Vec::new(), now)).2,
             "host x.example.com is already claimed by policy a/old"
         );
     }
@@ -385,6 +412,7 @@ mod tests {
             &indexed(None),
             &PolicyState::Accepted,
             &one(jwks(1, None)),
+            Vec::new(),
             first,
         );
         let observed = indexed(Some(written.clone()));
@@ -392,6 +420,7 @@ mod tests {
             &observed,
             &PolicyState::Accepted,
             &one(jwks(1, None)),
+            Vec::new(),
             later,
         );
         assert_eq!(again, written, "nothing changed, so nothing to write");
@@ -400,6 +429,7 @@ mod tests {
             &observed,
             &PolicyState::Accepted,
             &one(jwks(0, Some("x"))),
+            Vec::new(),
             later,
         );
         assert_eq!(flipped.conditions[0].last_transition_time, to_time(later));

@@ -188,6 +188,11 @@ pub struct Candidate {
     /// The last version that compiled, served (and owning its hosts) while
     /// the current spec is invalid.
     pub last_good: Option<CompiledPolicy>,
+    /// For an invalid candidate without `last_good`: the hosts its status
+    /// records it served (`status.servedHosts`) — a replica that started
+    /// after the invalid edit still holds them for it, answering 503,
+    /// instead of handing them to another policy.
+    pub held_hosts: Vec<HostPattern>,
 }
 
 impl Candidate {
@@ -197,6 +202,7 @@ impl Candidate {
             id,
             compiled,
             last_good: None,
+            held_hosts: Vec::new(),
         }
     }
 }
@@ -207,6 +213,10 @@ pub struct PolicySnapshot {
     served: Vec<Arc<ServedPolicy>>,
     exact: HashMap<Box<str>, usize>,
     wildcard: HashMap<Box<str>, usize>,
+    /// Hosts held by invalid policies whose last good version this replica
+    /// never saw (see [`Candidate::held_hosts`]).
+    held_exact: HashMap<Box<str>, PolicyId>,
+    held_wildcard: HashMap<Box<str>, PolicyId>,
     states: Vec<(PolicyId, PolicyState)>,
     /// `served` by policy id.
     served_by_id: HashMap<PolicyId, usize>,
@@ -228,11 +238,19 @@ impl PolicySnapshot {
         candidates: Vec<Candidate>,
         mut keys_for: impl FnMut(&JwksSource) -> Arc<JwksCache>,
     ) -> Self {
-        let (accepted, states) = assign_hosts(candidates);
+        let (accepted, held, states) = assign_hosts(candidates);
         let mut snapshot = PolicySnapshot {
             states,
             ..PolicySnapshot::default()
         };
+        for (id, hosts) in held {
+            for host in hosts {
+                match host {
+                    HostPattern::Exact(h) => snapshot.held_exact.insert(h, id.clone()),
+                    HostPattern::Wildcard(s) => snapshot.held_wildcard.insert(s, id.clone()),
+                };
+            }
+        }
         for policy in accepted {
             let index = snapshot.served.len();
             for host in &policy.hosts {
@@ -252,22 +270,47 @@ impl PolicySnapshot {
     /// The state each candidate would get from [`PolicySnapshot::build`],
     /// without binding key caches (for validation).
     pub fn states_of(candidates: Vec<Candidate>) -> Vec<(PolicyId, PolicyState)> {
-        assign_hosts(candidates).1
+        assign_hosts(candidates).2
     }
 
     /// The policy for a normalized host: an exact host first, else the
     /// wildcard with the longest suffix.
     pub fn lookup(&self, host: &str) -> Option<&Arc<ServedPolicy>> {
-        if let Some(&i) = self.exact.get(host) {
-            return Some(&self.served[i]);
+        most_specific(&self.exact, &self.wildcard, host).map(|(&i, _)| &self.served[i])
+    }
+
+    /// The invalid policy that holds `host` without serving it (its last
+    /// good version unknown to this replica), when no served policy has a
+    /// more specific pattern for it: such a host answers 503.
+    pub fn held_by(&self, host: &str) -> Option<&PolicyId> {
+        let (id, held) = most_specific(&self.held_exact, &self.held_wildcard, host)?;
+        let served = most_specific(&self.exact, &self.wildcard, host).map(|(_, length)| length);
+        (served.is_none_or(|length| held > length)).then_some(id)
+    }
+
+    /// The hosts this snapshot serves or holds for policy `id`.
+    pub fn hosts_of(&self, id: &str) -> Vec<String> {
+        if let Some(served) = self.served_by_id(id) {
+            return served
+                .policy
+                .hosts
+                .iter()
+                .map(ToString::to_string)
+                .collect();
         }
-        if self.wildcard.is_empty() {
-            return None;
-        }
-        host.match_indices('.')
-            .filter(|(i, _)| *i > 0)
-            .find_map(|(i, _)| self.wildcard.get(&host[i..]))
-            .map(|&i| &self.served[i])
+        let exact = self
+            .held_exact
+            .iter()
+            .filter(|(_, h)| &***h == id)
+            .map(|(e, _)| e.to_string());
+        let wildcard = self
+            .held_wildcard
+            .iter()
+            .filter(|(_, h)| &***h == id)
+            .map(|(s, _)| format!("*{s}"));
+        let mut hosts: Vec<String> = exact.chain(wildcard).collect();
+        hosts.sort();
+        hosts
     }
 
     /// The policies being served.
@@ -302,12 +345,38 @@ impl PolicySnapshot {
     }
 }
 
-/// Splits candidates into the policies that are served (in order) and the
-/// state of every candidate. Candidates come in ownership order (oldest
-/// first): each one may claim only hosts that no earlier served policy
-/// covers (see [`HostOwners::contested`]).
-fn assign_hosts(candidates: Vec<Candidate>) -> (Vec<CompiledPolicy>, Vec<(PolicyId, PolicyState)>) {
+/// The value for `host` in an exact/wildcard index: an exact host first,
+/// else the wildcard with the longest suffix; with the match's length (how
+/// specific it is).
+fn most_specific<'m, V>(
+    exact: &'m HashMap<Box<str>, V>,
+    wildcard: &'m HashMap<Box<str>, V>,
+    host: &str,
+) -> Option<(&'m V, usize)> {
+    if let Some(value) = exact.get(host) {
+        return Some((value, usize::MAX));
+    }
+    if wildcard.is_empty() {
+        return None;
+    }
+    host.match_indices('.')
+        .filter(|(i, _)| *i > 0)
+        .find_map(|(i, _)| wildcard.get(&host[i..]).map(|v| (v, host.len() - i)))
+}
+
+/// Hosts held for invalid policies, by policy.
+type HeldHosts = Vec<(PolicyId, Vec<HostPattern>)>;
+
+/// Splits candidates into the policies that are served (in order), the
+/// hosts held for invalid ones, and the state of every candidate.
+/// Candidates come in ownership order (oldest first): each one may claim
+/// only hosts that no earlier served policy covers (see
+/// [`HostOwners::contested`]).
+fn assign_hosts(
+    candidates: Vec<Candidate>,
+) -> (Vec<CompiledPolicy>, HeldHosts, Vec<(PolicyId, PolicyState)>) {
     let mut accepted = Vec::with_capacity(candidates.len());
+    let mut held = Vec::new();
     let mut states = Vec::with_capacity(candidates.len());
     let mut owners = HostOwners::default();
     for candidate in candidates {
@@ -315,7 +384,19 @@ fn assign_hosts(candidates: Vec<Candidate>) -> (Vec<CompiledPolicy>, Vec<(Policy
             Ok(policy) => (Some(policy), None),
             Err(errors) => (candidate.last_good, Some(errors)),
         };
-        let conflict = serving.as_ref().and_then(|policy| owners.contested(policy));
+        if serving.is_none()
+            && invalid.is_some()
+            && !candidate.held_hosts.is_empty()
+            && owners
+                .contested(&candidate.id, &candidate.held_hosts)
+                .is_none()
+        {
+            owners.claim(&candidate.id, &candidate.held_hosts);
+            held.push((candidate.id.clone(), candidate.held_hosts));
+        }
+        let conflict = serving
+            .as_ref()
+            .and_then(|policy| owners.contested(&policy.id, &policy.hosts));
         let serves = serving.is_some() && conflict.is_none();
         let state = match (invalid, conflict) {
             // A last good version that lost its hosts (only possible when
@@ -332,12 +413,12 @@ fn assign_hosts(candidates: Vec<Candidate>) -> (Vec<CompiledPolicy>, Vec<(Policy
             (None, None) => PolicyState::Accepted,
         };
         if let Some(policy) = serving.filter(|_| serves) {
-            owners.claim(&policy);
+            owners.claim(&policy.id, &policy.hosts);
             accepted.push(policy);
         }
         states.push((candidate.id, state));
     }
-    (accepted, states)
+    (accepted, held, states)
 }
 
 /// The host patterns claimed so far, with the policy (and its namespace)
@@ -352,9 +433,9 @@ impl HostOwners {
     /// `*.pay.corp.example.com` under `*.corp.example.com`) unless both
     /// policies are in the same namespace. A new wildcard over an owned
     /// exact host is no conflict: lookup prefers the exact host.
-    fn contested(&self, policy: &CompiledPolicy) -> Option<(String, PolicyId, String)> {
-        let namespace = namespace_of(&policy.id);
-        policy.hosts.iter().find_map(|host| {
+    fn contested(&self, id: &str, hosts: &[HostPattern]) -> Option<(String, PolicyId, String)> {
+        let namespace = namespace_of(id);
+        hosts.iter().find_map(|host| {
             if let Some(owner) = self.0.get(host) {
                 return Some((host.to_string(), owner.clone(), host.to_string()));
             }
@@ -365,9 +446,9 @@ impl HostOwners {
         })
     }
 
-    fn claim(&mut self, policy: &CompiledPolicy) {
-        for host in &policy.hosts {
-            self.0.insert(host.clone(), policy.id.clone());
+    fn claim(&mut self, id: &PolicyId, hosts: &[HostPattern]) {
+        for host in hosts {
+            self.0.insert(host.clone(), id.clone());
         }
     }
 }

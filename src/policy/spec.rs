@@ -339,6 +339,11 @@ pub struct TokenPolicyStatus {
     /// With `issuers`: each issuer's key set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub issuers: Vec<IssuerStatus>,
+    /// The hosts this policy serves (or holds while invalid): a replica that
+    /// starts while the policy is invalid keeps them for it (503) rather
+    /// than handing them to another policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served_hosts: Vec<String>,
 }
 
 /// One issuer's key set, in a policy with several.

@@ -197,6 +197,7 @@ fn a_never_valid_policy_claims_nothing_and_a_broken_one_keeps_its_hosts() {
         id: "a/owner".into(),
         compiled: CompiledPolicy::compile("a/owner".into(), &bad),
         last_good,
+        held_hosts: Vec::new(),
     };
     let states = PolicySnapshot::states_of(vec![
         broken(None),

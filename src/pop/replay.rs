@@ -159,7 +159,14 @@ impl fmt::Debug for ReplayStore {
 #[derive(Clone)]
 pub struct InMemoryReplayStore {
     cache: moka::sync::Cache<ReplayKey, Duration>,
+    /// Look-up-then-insert runs under the key's stripe lock, so that of
+    /// concurrent uses of one proof exactly one is fresh (moka's entry API
+    /// alone let two through under load).
+    stripes: Arc<[std::sync::Mutex<()>; STRIPES]>,
 }
+
+/// Lock stripes of the in-memory store.
+const STRIPES: usize = 64;
 
 /// Expires each record after the TTL stored as its value.
 struct RecordTtl;
@@ -185,17 +192,22 @@ impl InMemoryReplayStore {
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .expire_after(RecordTtl)
                 .build(),
+            stripes: Arc::new(std::array::from_fn(|_| std::sync::Mutex::new(()))),
         }
     }
 
     /// Records `key` for `ttl` unless it is already recorded (atomic: of
     /// concurrent callers with the same key, exactly one sees `Fresh`).
     pub fn check_key(&self, key: ReplayKey, ttl: Duration) -> Freshness {
-        if self.cache.entry(key).or_insert(ttl).is_fresh() {
-            Freshness::Fresh
-        } else {
-            Freshness::Replayed
+        let stripe = usize::from(key.0[0]) % STRIPES;
+        let _guard = self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.cache.contains_key(&key) {
+            return Freshness::Replayed;
         }
+        self.cache.insert(key, ttl);
+        Freshness::Fresh
     }
 }
 
