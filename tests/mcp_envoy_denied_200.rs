@@ -25,9 +25,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
-use scopegate::mcp::{
-    DEFAULT_MAX_BODY_BYTES, ENVOY_MCP_METADATA_NAMESPACE, McpBody, McpCall, ProtectedResource,
-};
+use scopegate::mcp::{DEFAULT_MAX_BODY_BYTES, McpBody, McpCall, ProtectedResource};
 use serde_json::json;
 use support::envoy::{start_envoy_with, with_mcp_filter_and_body};
 use support::mcp::{McpServer, run_client};
