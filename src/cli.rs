@@ -148,6 +148,15 @@ struct ServeArgs {
     /// Longest a verified token is reused without verifying it again (never past its `exp`; 0 disables the cache).
     #[arg(long, env = "SCOPEGATE_TOKEN_CACHE_MAX_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     token_cache_max_ttl: Duration,
+    /// Where DPoP proofs are remembered against replay: `memory` (per replica) or
+    /// `redis://[user:password@]HOST:PORT[/DB]` (shared by every replica; unreachable = 503).
+    #[arg(
+        long,
+        env = "SCOPEGATE_REPLAY_STORE",
+        default_value = "memory",
+        value_name = "URL"
+    )]
+    replay_store: String,
     /// At start, how long readiness waits for every issuer's keys; after that an unreachable issuer only
     /// makes its own policies answer 503.
     #[arg(long, env = "SCOPEGATE_STARTUP_KEY_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -294,6 +303,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_bytes: args.token_cache_max_bytes,
             max_ttl: args.token_cache_max_ttl,
         },
+        replay_store: crate::pop::ReplayStore::from_flag(Some(&args.replay_store))
+            .context("--replay-store (SCOPEGATE_REPLAY_STORE)")?,
         startup_key_wait: args.startup_key_wait,
         shutdown_drain_delay: args.shutdown_drain_delay,
         shutdown_grace: args.shutdown_grace,

@@ -31,6 +31,9 @@ pub struct ServeConfig {
     pub jwks: JwksSettings,
     /// The verified-token cache.
     pub token_cache: TokenCacheSettings,
+    /// Where DPoP proof `jti`s are remembered (`--replay-store`): this
+    /// replica's memory, or a Redis server shared by every replica.
+    pub replay_store: crate::pop::ReplayStore,
     /// How long after start `/readyz` waits for every issuer's keys before
     /// it stops counting an unreachable issuer against readiness.
     pub startup_key_wait: Duration,
@@ -71,6 +74,9 @@ impl ServeConfig {
             dev_issuer: None,
             jwks: JwksSettings::default(),
             token_cache: TokenCacheSettings::default(),
+            replay_store: crate::pop::ReplayStore::InMemory(crate::pop::InMemoryReplayStore::new(
+                crate::pop::InMemoryReplayStore::DEFAULT_MAX_ENTRIES,
+            )),
             startup_key_wait: Duration::from_secs(10),
             shutdown_drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),

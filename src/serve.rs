@@ -197,7 +197,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         .await;
     tasks.spawn(serve_grpc(
         grpc_listener,
-        CheckService::new(snapshot.clone(), token_cache.clone()),
+        CheckService::with_replay_store(
+            snapshot.clone(),
+            token_cache.clone(),
+            config.replay_store.clone(),
+        ),
         health_service,
         stopped.clone(),
     )?);

@@ -175,7 +175,7 @@ async fn finding_3_two_authorization_headers_are_refused_on_anonymous_rules() {
 #[tokio::test]
 async fn finding_3_credentials_that_are_not_one_token_are_refused() {
     let (_jwks, sg) = standard_with(vec![KEY_A.jwk()]).await;
-    for value in ["Bearer", "Bearer a.b.c d.e.f", "DPoP a.b.c"] {
+    for value in ["Bearer", "Bearer a.b.c d.e.f", "DPoP", "DPoP a.b.c d.e.f"] {
         let checked = sg
             .check("GET", "/healthz", &[("authorization", value)])
             .await;
@@ -187,6 +187,20 @@ async fn finding_3_credentials_that_are_not_one_token_are_refused() {
             "{value}"
         );
     }
+    // One DPoP word is a token to verify (DPoP is wired, DESIGN §6): a
+    // malformed one is `invalid_token`, and still never reaches the
+    // upstream through the anonymous rule.
+    let checked = sg
+        .check("GET", "/healthz", &[("authorization", "DPoP a.b.c")])
+        .await;
+    assert_eq!(checked.http_status(), 401);
+    assert!(
+        checked
+            .www_authenticate()
+            .contains("error=\"invalid_token\""),
+        "{}",
+        checked.www_authenticate()
+    );
     // Other schemes are the upstream's: an anonymous rule passes them on.
     let basic = [("authorization", "Basic Zm9vOmJhcg==")];
     assert_eq!(sg.check("GET", "/healthz", &basic).await.http_status(), 200);

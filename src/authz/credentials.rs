@@ -35,6 +35,19 @@ pub enum Credentials<'a> {
     None,
     /// One bearer token, not yet parsed or verified.
     Bearer(&'a str),
+    /// One token sent with the `DPoP` scheme (RFC 9449 §7.1): it must be
+    /// DPoP-bound and come with its proof.
+    Dpop(&'a str),
+}
+
+impl<'a> Credentials<'a> {
+    /// The token, whatever its scheme.
+    pub fn token(self) -> Option<&'a str> {
+        match self {
+            Credentials::None => None,
+            Credentials::Bearer(token) | Credentials::Dpop(token) => Some(token),
+        }
+    }
 }
 
 /// Why the credentials are refused: 401 `invalid_request`.
@@ -44,12 +57,9 @@ pub enum CredentialsError {
     /// a bearer token.
     #[error("more than one Authorization credential was sent")]
     Several,
-    /// `Bearer` with nothing, or more than one word, after it.
-    #[error("the Bearer credential must be exactly one token")]
+    /// `Bearer` or `DPoP` with nothing, or more than one word, after it.
+    #[error("the Authorization credential must be exactly one token")]
     NotOneToken,
-    /// The DPoP scheme, which no policy accepts yet.
-    #[error("the DPoP scheme is not accepted here; send the token as Bearer")]
-    DpopNotAccepted,
 }
 
 impl CredentialsError {
@@ -58,7 +68,6 @@ impl CredentialsError {
         match self {
             CredentialsError::Several => "several_credentials",
             CredentialsError::NotOneToken => "malformed_credentials",
-            CredentialsError::DpopNotAccepted => "dpop_not_accepted",
         }
     }
 }
@@ -82,9 +91,9 @@ pub fn credentials(header: RequestHeader<'_>) -> Result<Credentials<'_>, Credent
     let (scheme, credential) = split_scheme(value);
     match scheme {
         Some(Scheme::Bearer) if is_one_word(credential) => Ok(Credentials::Bearer(credential)),
-        Some(Scheme::Bearer) if value.contains(',') => Err(CredentialsError::Several),
-        Some(Scheme::Bearer) => Err(CredentialsError::NotOneToken),
-        Some(Scheme::Dpop) => Err(CredentialsError::DpopNotAccepted),
+        Some(Scheme::Dpop) if is_one_word(credential) => Ok(Credentials::Dpop(credential)),
+        Some(_) if value.contains(',') => Err(CredentialsError::Several),
+        Some(_) => Err(CredentialsError::NotOneToken),
         // Another scheme, unless a joined second header is one of ours.
         None if value
             .split(',')
@@ -180,7 +189,13 @@ mod tests {
     }
 
     #[test]
-    fn the_dpop_scheme_is_refused_until_a_policy_accepts_it() {
-        assert_eq!(read("DPoP a.b.c"), Err(CredentialsError::DpopNotAccepted));
+    fn one_dpop_token_is_read_like_a_bearer_token() {
+        for value in ["DPoP a.b.c", "dpop\ta.b.c", "DPOP  a.b.c "] {
+            assert_eq!(read(value), Ok(Credentials::Dpop("a.b.c")), "{value:?}");
+        }
+        for value in ["DPoP", "DPoP a.b.c d"] {
+            assert_eq!(read(value), Err(CredentialsError::NotOneToken), "{value:?}");
+        }
+        assert_eq!(read("DPoP a.b.c, Bearer d"), Err(CredentialsError::Several));
     }
 }

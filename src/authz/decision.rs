@@ -4,12 +4,14 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::credentials::{Credentials, CredentialsError, RequestHeader, credentials};
+use super::credentials::{CredentialsError, RequestHeader, credentials};
+use super::proof::{ProofError, ProofRequest};
 use super::token_cache::{KeyBinding, PreparedToken, TokenCache};
 use crate::jwks::KeysUnavailable;
 use crate::mcp::McpBody;
 use crate::policy::conditions::ConditionFailure;
 use crate::policy::{AmbiguousPath, CompiledRule, DefaultAction, Mode, RequestPath, ServedPolicy};
+use crate::pop::ReplayStore;
 use crate::token::{TokenError, UnverifiedToken, unix_now};
 
 /// The parts of an HTTP request a decision reads.
@@ -23,6 +25,9 @@ pub struct HttpAttributes<'a> {
     pub path: &'a str,
     /// The `Authorization` header.
     pub authorization: RequestHeader<'a>,
+    /// What a DPoP proof is checked against (scheme, `:authority`, the
+    /// `DPoP` header).
+    pub proof: ProofRequest<'a>,
     /// The request headers (lower-case names), for conditions.
     pub headers: &'a std::collections::HashMap<String, String>,
     /// Where an `mcp:` rule reads the JSON-RPC call from.
@@ -81,6 +86,9 @@ pub struct Denial {
     pub reason: &'static str,
     /// The rule that matched, if any.
     pub rule: Option<Box<str>>,
+    /// The error is about proof of possession: it goes in the `DPoP`
+    /// challenge rather than the `Bearer` one.
+    pub dpop: bool,
 }
 
 impl Denial {
@@ -118,6 +126,7 @@ impl Denial {
             rule_scopes: Box::default(),
             reason,
             rule: None,
+            dpop: false,
         }
     }
 
@@ -130,6 +139,7 @@ impl Denial {
             rule_scopes: Box::default(),
             reason: "missing_token",
             rule: None,
+            dpop: false,
         }
     }
 
@@ -150,6 +160,7 @@ impl Denial {
             rule_scopes: Box::default(),
             reason: error.label(),
             rule: None,
+            dpop: false,
         }
     }
 
@@ -162,6 +173,7 @@ impl Denial {
             rule_scopes: Box::default(),
             reason: error.label(),
             rule: None,
+            dpop: false,
         }
     }
 
@@ -175,6 +187,23 @@ impl Denial {
             rule_scopes: Box::default(),
             reason: "keys_unavailable",
             rule: None,
+            dpop: false,
+        }
+    }
+
+    fn proof(error: &ProofError) -> Self {
+        if let ProofError::Store(store) = error {
+            tracing::warn!(%store, "denying with 503: DPoP replay store unavailable");
+        }
+        Denial {
+            status: error.status(),
+            error: Some(error.error_code()),
+            description: error.to_string().into(),
+            missing_scopes: None,
+            rule_scopes: Box::default(),
+            reason: error.label(),
+            rule: None,
+            dpop: true,
         }
     }
 
@@ -195,6 +224,7 @@ impl Denial {
             rule_scopes: Box::default(),
             reason,
             rule: None,
+            dpop: false,
         }
     }
 }
@@ -202,10 +232,12 @@ impl Denial {
 /// Decides a request for the policy that serves its host, then applies the
 /// policy's mode: in audit mode a denial is logged by the caller and the
 /// request is allowed (with the token's claim headers if the token was valid).
-/// Verified tokens are looked up in and added to `cache`.
+/// Verified tokens are looked up in and added to `cache`; DPoP proofs are
+/// recorded in `replay`.
 pub async fn decide(
     served: &ServedPolicy,
     cache: &TokenCache,
+    replay: &ReplayStore,
     request: &HttpAttributes<'_>,
 ) -> Decision {
     if served
@@ -216,7 +248,10 @@ pub async fn decide(
     {
         return Decision::ResourceMetadata;
     }
-    match (enforce(served, cache, request).await, served.policy.mode) {
+    match (
+        enforce(served, cache, replay, request).await,
+        served.policy.mode,
+    ) {
         (Ok(allowed), _) => Decision::Allow(allowed),
         (Err((denial, token)), Mode::Enforce) => Decision::Deny(denial, token),
         (Err((denial, token)), Mode::Audit) => Decision::Allow(Allowed {
@@ -236,6 +271,7 @@ type Rejection = (Denial, Option<Arc<PreparedToken>>);
 async fn enforce(
     served: &ServedPolicy,
     cache: &TokenCache,
+    replay: &ReplayStore,
     request: &HttpAttributes<'_>,
 ) -> Result<Allowed, Rejection> {
     let policy = &served.policy;
@@ -248,13 +284,24 @@ async fn enforce(
     }
     let presented = credentials(request.authorization)
         .map_err(|e| (Denial::invalid_request(e).with_rule(rule), None))?;
-    let token = match presented {
-        Credentials::None if rule.is_some_and(|r| r.anonymous) => return Ok(allowed(None, rule)),
-        Credentials::None => return Err((Denial::no_token().with_rule(rule), None)),
-        Credentials::Bearer(token) => verify(served, cache, token)
+    let token = match presented.token() {
+        None if rule.is_some_and(|r| r.anonymous) => return Ok(allowed(None, rule)),
+        None => return Err((Denial::no_token().with_rule(rule), None)),
+        Some(token) => verify(served, cache, token)
             .await
             .map_err(|denial| (denial.with_rule(rule), None))?,
     };
+    // Never cached: a proof is good for one request only.
+    super::proof::check(
+        policy.proof_of_possession,
+        presented,
+        &token,
+        &request.proof,
+        replay,
+        unix_now(),
+    )
+    .await
+    .map_err(|e| (Denial::proof(&e).with_rule(rule), None))?;
     let verdict = match rule {
         None if policy.default_action == DefaultAction::Allow => Ok(()),
         None => Err(Denial::forbidden("no_rule", "no rule allows this request")),
@@ -362,5 +409,6 @@ fn check_rule(rule: &CompiledRule, token: &PreparedToken) -> Result<(), Denial> 
         rule_scopes: Box::default(),
         reason: "insufficient_scope",
         rule: None,
+        dpop: false,
     })
 }

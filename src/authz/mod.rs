@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! CheckRequest ─► host (context_extensions["host"] or :authority) ─► snapshot.lookup
-//!                  └─► decision::decide (rules, token, scopes) ─► response::{allow, deny}
+//!                  └─► decision::decide (rules, token, DPoP proof, scopes) ─► response::{allow, deny}
 //! ```
 //!
 //! The Check path reads the current [`SnapshotHandle`] and never waits on a
@@ -19,6 +19,7 @@ mod conditions;
 mod credentials;
 mod decision;
 mod mcp_call;
+pub mod proof;
 pub mod response;
 pub mod token_cache;
 mod trace_context;
@@ -39,27 +40,44 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 pub use credentials::RequestHeader;
 pub use decision::McpSource;
 pub use decision::{Allowed, Decision, Denial, HttpAttributes, decide, verify};
+pub use proof::{ProofError, ProofRequest};
 pub use token_cache::{PreparedToken, TokenCache, TokenCacheSettings};
 pub use trace_context::extract_parent;
 
 use crate::mcp::McpBody;
 use crate::metrics::{self, DecisionLabel};
 use crate::policy::{ServedPolicy, SnapshotHandle, normalize_host};
+use crate::pop::{InMemoryReplayStore, ReplayStore};
 
 /// The ext_authz service: answers Checks from the current policy snapshot.
 #[derive(Clone)]
 pub struct CheckService {
     snapshot: SnapshotHandle,
     token_cache: Arc<TokenCache>,
+    replay: ReplayStore,
 }
 
 impl CheckService {
     /// A service answering from `snapshot`, reusing verifications from
-    /// `token_cache`.
+    /// `token_cache`, with an in-memory DPoP replay store.
     pub fn new(snapshot: SnapshotHandle, token_cache: Arc<TokenCache>) -> Self {
+        let replay = ReplayStore::InMemory(InMemoryReplayStore::new(
+            InMemoryReplayStore::DEFAULT_MAX_ENTRIES,
+        ));
+        CheckService::with_replay_store(snapshot, token_cache, replay)
+    }
+
+    /// A service that records DPoP proofs in `replay` (shared by every
+    /// clone of the service, and across replicas for Redis).
+    pub fn with_replay_store(
+        snapshot: SnapshotHandle,
+        token_cache: Arc<TokenCache>,
+        replay: ReplayStore,
+    ) -> Self {
         CheckService {
             snapshot,
             token_cache,
+            replay,
         }
     }
 
@@ -113,6 +131,17 @@ impl CheckService {
             method: &http.method,
             path: &http.path,
             authorization: authorization_header(http),
+            proof: ProofRequest {
+                scheme: if http.scheme.is_empty() {
+                    "https"
+                } else {
+                    &http.scheme
+                },
+                authority: &http.host,
+                method: &http.method,
+                path: &http.path,
+                proof: request_header(http, "dpop"),
+            },
             headers: &http.headers,
             mcp: McpSource {
                 body: McpBody {
@@ -133,7 +162,7 @@ impl CheckService {
                 metadata: attributes.metadata_context.as_ref(),
             },
         };
-        match decide(&served, &self.token_cache, &attributes).await {
+        match decide(&served, &self.token_cache, &self.replay, &attributes).await {
             Decision::ResourceMetadata => {
                 let resource = served
                     .policy
@@ -167,7 +196,7 @@ impl CheckService {
             Decision::Deny(denial, token) => {
                 Outcome::denied(Some(&served), request, &denial, token.as_deref())
                     .report(span, started);
-                response::deny(&host, &denial, served.policy.resource.as_ref())
+                response::deny(&host, &denial, Some(&served.policy))
             }
         }
     }

@@ -14,7 +14,8 @@ use envoy_types::pb::google::rpc;
 
 use super::decision::{Allowed, Denial};
 use crate::mcp::{BearerError, Challenge, ProtectedResource};
-use crate::policy::CompiledPolicy;
+use crate::policy::{CompiledPolicy, ProofOfPossession};
+use crate::token::Algorithm;
 
 /// gRPC status codes Envoy reads from `CheckResponse.status`.
 mod code {
@@ -81,8 +82,11 @@ pub fn allow(policy: &CompiledPolicy, allowed: &Allowed) -> CheckResponse {
 /// challenge (except for 503), and a JSON body
 /// `{"error": "…", "error_description": "…"}` (plus `missing_scopes` for
 /// `insufficient_scope`). With a protected `resource`, every challenge names
-/// its metadata document and a 401 names the rule's scopes (MCP).
-pub fn deny(realm: &str, denial: &Denial, resource: Option<&ProtectedResource>) -> CheckResponse {
+/// its metadata document and a 401 names the rule's scopes (MCP). The
+/// `policy` (none for an unknown host) says which challenges apply.
+pub fn deny(realm: &str, denial: &Denial, policy: Option<&CompiledPolicy>) -> CheckResponse {
+    let resource = policy.and_then(|p| p.resource.as_ref());
+    let pop = policy.and_then(|p| p.proof_of_possession);
     let mut headers = vec![header(
         "content-type",
         "application/json",
@@ -91,7 +95,7 @@ pub fn deny(realm: &str, denial: &Denial, resource: Option<&ProtectedResource>) 
     if denial.status != 503 {
         headers.push(header(
             "www-authenticate",
-            &www_authenticate(realm, denial, resource),
+            &www_authenticate(realm, denial, resource, pop),
             HeaderAppendAction::OverwriteIfExistsOrAdd,
         ));
     }
@@ -171,13 +175,44 @@ fn denied(
 /// `scope` is every scope the matched rule requires, on `insufficient_scope`
 /// (RFC 6750 §3: "the scope necessary"; MCP clients replace their scopes
 /// with it) and, with a protected resource, on a 401 too.
+///
+/// With DPoP (RFC 9449 §7.1) the value holds the challenges of every scheme
+/// the API accepts, comma-separated, `Bearer` first: `Bearer` unless the
+/// policy requires DPoP, `DPoP realm="…", algs="…"` when the policy accepts
+/// DPoP or the denial is about a proof. The error goes in the `DPoP`
+/// challenge when it is about proof of possession or `Bearer` is not
+/// accepted, else in the `Bearer` one. Without `pop` and without a proof
+/// error the value is the `Bearer` challenge alone, as before.
 pub fn www_authenticate(
     realm: &str,
     denial: &Denial,
     resource: Option<&ProtectedResource>,
+    pop: Option<ProofOfPossession>,
 ) -> String {
-    let mut challenge = Challenge::bearer(realm);
-    if let Some(error) = denial.error.and_then(bearer_error) {
+    let bearer_accepted = !pop.is_some_and(|p| p.required);
+    let dpop_accepted = pop.is_some() || denial.dpop;
+    let error_in_dpop = denial.dpop || !bearer_accepted;
+    let mut challenges = Vec::with_capacity(2);
+    if bearer_accepted {
+        let challenge = Challenge::bearer(realm);
+        challenges.push(with_details(challenge, denial, resource, !error_in_dpop));
+    }
+    if dpop_accepted {
+        let challenge = Challenge::dpop(realm, Algorithm::ALL.iter().map(|a| a.as_str()));
+        challenges.push(with_details(challenge, denial, resource, error_in_dpop));
+    }
+    challenges.join(", ")
+}
+
+/// The denial's error (when `with_error`), scope and resource metadata on
+/// `challenge`, rendered.
+fn with_details(
+    mut challenge: Challenge,
+    denial: &Denial,
+    resource: Option<&ProtectedResource>,
+    with_error: bool,
+) -> String {
+    if let Some(error) = denial.error.and_then(bearer_error).filter(|_| with_error) {
         challenge = challenge.error(error).description(&denial.description);
     }
     let names_scopes =
@@ -197,6 +232,8 @@ fn bearer_error(error: &str) -> Option<BearerError> {
         "invalid_token" => BearerError::InvalidToken,
         "insufficient_scope" => BearerError::InsufficientScope,
         "access_denied" => BearerError::AccessDenied,
+        "invalid_dpop_proof" => BearerError::InvalidDpopProof,
+        "use_dpop_nonce" => BearerError::UseDpopNonce,
         _ => return None,
     })
 }
@@ -236,6 +273,7 @@ mod tests {
             rule_scopes: rule_scopes.iter().map(|s| Box::from(*s)).collect(),
             reason: "insufficient_scope",
             rule: None,
+            dpop: false,
         }
     }
 
@@ -254,6 +292,7 @@ mod tests {
             www_authenticate(
                 "orders.example.com",
                 &denial(Some("insufficient_scope"), &["read:orders", "write:orders"]),
+                None,
                 None
             ),
             "Bearer realm=\"orders.example.com\", error=\"insufficient_scope\", \
@@ -264,7 +303,7 @@ mod tests {
     #[test]
     fn challenge_without_credentials_has_only_the_realm() {
         assert_eq!(
-            www_authenticate("api", &denial(None, &["read:orders"]), None),
+            www_authenticate("api", &denial(None, &["read:orders"]), None, None),
             "Bearer realm=\"api\""
         );
     }
@@ -275,7 +314,8 @@ mod tests {
             www_authenticate(
                 "mcp.example.com",
                 &denial(None, &["orders:read"]),
-                Some(&resource())
+                Some(&resource()),
+                None
             ),
             "Bearer realm=\"mcp.example.com\", scope=\"orders:read\", \
              resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\""
@@ -284,7 +324,52 @@ mod tests {
 
     #[test]
     fn realm_cannot_break_out_of_its_quotes() {
-        let challenge = www_authenticate("evil\"\r\nx: y\\", &denial(None, &[]), None);
+        let challenge = www_authenticate("evil\"\r\nx: y\\", &denial(None, &[]), None, None);
         assert_eq!(challenge, "Bearer realm=\"evil\\\"x: y\\\\\"");
+    }
+
+    const ALGS: &str = "RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512 EdDSA";
+
+    fn proof_denial() -> Denial {
+        Denial {
+            status: 401,
+            error: Some("invalid_dpop_proof"),
+            description: "the DPoP proof was already used".into(),
+            missing_scopes: None,
+            rule_scopes: Box::default(),
+            reason: "replayed",
+            rule: None,
+            dpop: true,
+        }
+    }
+
+    #[test]
+    fn a_proof_error_goes_in_the_dpop_challenge_after_bearer() {
+        assert_eq!(
+            www_authenticate("api", &proof_denial(), None, None),
+            format!(
+                "Bearer realm=\"api\", DPoP realm=\"api\", algs=\"{ALGS}\", \
+                 error=\"invalid_dpop_proof\", error_description=\"the DPoP proof was already used\""
+            )
+        );
+    }
+
+    #[test]
+    fn challenges_follow_the_policy_proof_of_possession() {
+        let optional = Some(ProofOfPossession { required: false });
+        let required = Some(ProofOfPossession { required: true });
+        let no_token = denial(None, &[]);
+        assert_eq!(
+            www_authenticate("api", &no_token, None, optional),
+            format!("Bearer realm=\"api\", DPoP realm=\"api\", algs=\"{ALGS}\"")
+        );
+        assert_eq!(
+            www_authenticate("api", &no_token, None, required),
+            format!("DPoP realm=\"api\", algs=\"{ALGS}\"")
+        );
+        assert_eq!(
+            www_authenticate("api", &no_token, None, None),
+            "Bearer realm=\"api\""
+        );
     }
 }

@@ -34,6 +34,12 @@ pub enum BearerError {
     /// `access_denied`: the token is fine but this request is not allowed
     /// (403: no rule, a client or condition that does not hold).
     AccessDenied,
+    /// `invalid_dpop_proof` (RFC 9449 §7.1): the DPoP proof is missing,
+    /// invalid or replayed (401, `DPoP` challenge).
+    InvalidDpopProof,
+    /// `use_dpop_nonce` (RFC 9449 §8): retry with the server's nonce (401,
+    /// `DPoP` challenge).
+    UseDpopNonce,
 }
 
 impl BearerError {
@@ -44,6 +50,8 @@ impl BearerError {
             BearerError::InvalidToken => "invalid_token",
             BearerError::InsufficientScope => "insufficient_scope",
             BearerError::AccessDenied => "access_denied",
+            BearerError::InvalidDpopProof => "invalid_dpop_proof",
+            BearerError::UseDpopNonce => "use_dpop_nonce",
         }
     }
 }
@@ -54,8 +62,8 @@ impl fmt::Display for BearerError {
     }
 }
 
-/// A `Bearer` challenge under construction; [`Challenge::render`] (or
-/// `Display`) gives the header value.
+/// A `Bearer` (or `DPoP`) challenge under construction; [`Challenge::render`]
+/// (or `Display`) gives the header value.
 ///
 /// ```
 /// use scopegate::mcp::{BearerError, Challenge};
@@ -75,6 +83,8 @@ impl fmt::Display for BearerError {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
+    /// `Bearer`, or `DPoP` with the `algs` it accepts (RFC 9449 §7.1).
+    dpop_algs: Option<String>,
     realm: String,
     error: Option<BearerError>,
     description: Option<String>,
@@ -86,11 +96,26 @@ impl Challenge {
     /// A challenge with only `realm` (the API host, DESIGN §3).
     pub fn bearer(realm: &str) -> Self {
         Challenge {
+            dpop_algs: None,
             realm: realm.to_string(),
             error: None,
             description: None,
             scope: Vec::new(),
             resource_metadata: None,
+        }
+    }
+
+    /// A `DPoP` challenge (RFC 9449 §7.1) with `realm` and `algs`, the
+    /// space-separated proof algorithms accepted (`ES256 PS256 …`).
+    pub fn dpop<I, S>(realm: &str, algs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let algs: Vec<String> = algs.into_iter().map(|a| a.as_ref().to_string()).collect();
+        Challenge {
+            dpop_algs: Some(algs.join(" ")),
+            ..Challenge::bearer(realm)
         }
     }
 
@@ -144,8 +169,17 @@ impl Challenge {
 
 impl fmt::Display for Challenge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Bearer realm=")?;
+        let scheme = if self.dpop_algs.is_some() {
+            "DPoP"
+        } else {
+            "Bearer"
+        };
+        write!(f, "{scheme} realm=")?;
         write_quoted(f, &free_text(&self.realm))?;
+        if let Some(algs) = &self.dpop_algs {
+            f.write_str(", algs=")?;
+            write_quoted(f, &free_text(algs))?;
+        }
         if let Some(error) = self.error {
             write!(f, ", error=\"{error}\"")?;
         }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use super::conditions::{self, Condition, Uses};
 use super::matching::{HostPattern, PathPattern};
-use super::spec::{DefaultAction, IssuerSpec, Mode, RuleSpec, TokenPolicySpec, is_reserved_header};
+use super::spec::{
+    DefaultAction, IssuerSpec, Mode, PopMechanism, RuleSpec, TokenPolicySpec, is_reserved_header,
+};
 use crate::jwks::JwksSource;
 use crate::mcp::{McpMatcher, ProtectedResource};
 use crate::token::{Algorithm, AlgorithmSet, IssuerRules};
@@ -35,9 +37,19 @@ pub struct CompiledPolicy {
     pub mode: Mode,
     /// RFC 9728 protected resource metadata, with `resource`.
     pub resource: Option<ProtectedResource>,
+    /// `spec.proofOfPossession` (DPoP): `None` when the policy does not
+    /// accept the `DPoP` scheme (bound tokens must still prove).
+    pub proof_of_possession: Option<ProofOfPossession>,
     /// What compiles but is probably not what the author meant: reported by
     /// `validate`, in the status message and the log, never enforced.
     pub warnings: Vec<FieldError>,
+}
+
+/// A compiled `spec.proofOfPossession` (DPoP only, so far).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProofOfPossession {
+    /// Every token must be DPoP-bound and come with its proof.
+    pub required: bool,
 }
 
 /// A compiled `issuer` (or `issuers[i]`).
@@ -206,6 +218,20 @@ impl CompiledPolicy {
             .resource
             .as_ref()
             .and_then(|r| compile_resource(r, issuers.as_deref(), &rules, &mut errors));
+        let proof_of_possession = spec
+            .proof_of_possession
+            .and_then(|pop| match pop.mechanism {
+                PopMechanism::Dpop => Some(ProofOfPossession {
+                    required: pop.required,
+                }),
+                PopMechanism::Mtls => {
+                    errors.add(
+                        "spec.proofOfPossession.mechanism",
+                        "mtls is not supported yet; use dpop",
+                    );
+                    None
+                }
+            });
         match (errors.0.is_empty(), issuers) {
             (true, Some(issuers)) => Ok(CompiledPolicy {
                 id,
@@ -217,6 +243,7 @@ impl CompiledPolicy {
                 claim_headers: claim_headers.into(),
                 mode: spec.mode,
                 resource,
+                proof_of_possession,
                 warnings: warnings.0,
             }),
             _ => Err(errors.0),

@@ -12,13 +12,16 @@ pub mod spec;
 
 pub use compile::{
     ClaimHeader, CompiledIssuer, CompiledPolicy, CompiledRule, FieldError, PolicyId,
+    ProofOfPossession,
 };
 pub use matching::{AmbiguousPath, HostPattern, PathPattern, RequestPath, normalize_host};
 pub use snapshot::{
     Candidate, PolicySnapshot, PolicyState, ReportedState, ServedIssuer, ServedPolicy,
     SnapshotHandle, Verification,
 };
-pub use spec::{DefaultAction, Mode, TokenPolicy, TokenPolicySpec};
+pub use spec::{
+    DefaultAction, Mode, PopMechanism, ProofOfPossessionSpec, TokenPolicy, TokenPolicySpec,
+};
 
 #[cfg(test)]
 mod tests;

@@ -87,6 +87,11 @@ pub struct TokenPolicySpec {
     /// and named in every challenge (`resource_metadata`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<ResourceSpec>,
+    /// Sender-constrained tokens (RFC 9449 DPoP): whether tokens must come
+    /// with a proof of possession. Whatever this says, a token bound to a
+    /// key (`cnf`) must always come with its proof.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof_of_possession: Option<ProofOfPossessionSpec>,
     /// Request rules; the first one that matches the method and path decides.
     #[serde(default)]
     #[schemars(length(max = 256))]
@@ -234,6 +239,29 @@ pub enum DefaultAction {
     Deny,
     /// Allow, but only with a valid token.
     Allow,
+}
+
+/// `spec.proofOfPossession`, as Auth0's API setting.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProofOfPossessionSpec {
+    /// How the client proves it holds the token's key.
+    pub mechanism: PopMechanism,
+    /// `true`: every token must be bound and come with its proof. `false`:
+    /// bound tokens must prove, unbound ones may still be sent as `Bearer`.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// A proof-of-possession mechanism.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PopMechanism {
+    /// RFC 9449 DPoP proofs (`cnf.jkt`).
+    Dpop,
+    /// RFC 8705 mutual-TLS certificate binding (`cnf.x5t#S256`); not
+    /// supported yet: refused when the policy compiles.
+    Mtls,
 }
 
 /// Whether a policy's denials are enforced.

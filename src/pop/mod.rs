@@ -11,9 +11,9 @@
 //! * [`verify_certificate_binding`] — RFC 8705 `cnf.x5t#S256` against the
 //!   client certificate Envoy forwards.
 //!
-//! These are not wired into the Check yet: the decision stage, the
-//! `proofOfPossession` policy field and the `DPoP` challenges come in a
-//! follow-up (see `docs/delegation.md`).
+//! DPoP proofs and the replay store are wired into the Check by
+//! [`crate::authz::proof`]; mTLS binding and server nonces are not wired yet
+//! (see `docs/delegation.md`).
 //!
 //! ```text
 //! DPoP header ─► verify_proof(header, ProofContext{method, uri, ath, cnf.jkt, nonce}, now)

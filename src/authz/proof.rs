@@ -1,0 +1,128 @@
+//! The proof-of-possession stage of a Check (RFC 9449 DPoP), after the
+//! token verified and before the rule is checked.
+//!
+//! ```text
+//! token has cnf.jkt ─┐
+//! scheme is DPoP    ─┼─► verify_proof(DPoP header, htm, htu, ath, cnf.jkt) ─► ReplayStore::check
+//! policy requires   ─┘
+//! ```
+//!
+//! Neither the proof nor its replay check is ever cached: only the token's
+//! verification is. A token bound to a key must always come with its proof,
+//! whatever the policy says (RFC 9449 §7.2); the `DPoP` scheme needs a bound
+//! token; a policy with `required: true` needs every token bound.
+
+use super::credentials::{Credentials, RequestHeader};
+use crate::policy::ProofOfPossession;
+use crate::pop::{
+    DpopError, Freshness, NormalizedUri, ProofContext, ReplayError, ReplayStore, UriError,
+    verify_proof,
+};
+use crate::token::VerifiedToken;
+
+/// The parts of the request a proof is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct ProofRequest<'a> {
+    /// The request scheme (`http.scheme`; `https` when Envoy sends none).
+    pub scheme: &'a str,
+    /// The `:authority` as sent (not the policy lookup host).
+    pub authority: &'a str,
+    /// The HTTP method (`htm`).
+    pub method: &'a str,
+    /// The `:path`, query included (dropped for `htu`).
+    pub path: &'a str,
+    /// The `DPoP` request header.
+    pub proof: RequestHeader<'a>,
+}
+
+/// Why the proof stage refuses a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    /// A DPoP-bound token sent with the `Bearer` scheme (RFC 9449 §7.2).
+    #[error("the token is DPoP-bound; send it with the DPoP scheme and a DPoP proof")]
+    BoundTokenAsBearer,
+    /// The `DPoP` scheme with a token that is not DPoP-bound.
+    #[error("the token sent with the DPoP scheme is not DPoP-bound (no cnf.jkt)")]
+    UnboundTokenAsDpop,
+    /// The policy requires DPoP and the token is not bound.
+    #[error("this API requires a DPoP-bound token")]
+    BindingRequired,
+    /// The request's own URI cannot be normalized for `htu`.
+    #[error("the request URI cannot be compared with the DPoP proof htu: {0}")]
+    RequestUri(UriError),
+    /// The proof is missing, invalid or replayed.
+    #[error(transparent)]
+    Proof(DpopError),
+    /// The replay store cannot answer: 503, never allow.
+    #[error(transparent)]
+    Store(ReplayError),
+}
+
+impl ProofError {
+    /// A short, stable label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProofError::BoundTokenAsBearer => "dpop_bound_token_as_bearer",
+            ProofError::UnboundTokenAsDpop => "dpop_unbound_token",
+            ProofError::BindingRequired => "dpop_required",
+            ProofError::RequestUri(_) => "dpop_request_uri",
+            ProofError::Proof(e) => e.label(),
+            ProofError::Store(e) => e.label(),
+        }
+    }
+
+    /// The HTTP status: 503 when the replay store is unavailable, else 401.
+    pub fn status(&self) -> u16 {
+        match self {
+            ProofError::Store(_) => 503,
+            _ => 401,
+        }
+    }
+
+    /// The RFC 6750 / RFC 9449 error code: `invalid_token` when the token
+    /// is the problem, `invalid_dpop_proof` (or `use_dpop_nonce`) when the
+    /// proof is, `temporarily_unavailable` for the store.
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            ProofError::BoundTokenAsBearer
+            | ProofError::UnboundTokenAsDpop
+            | ProofError::BindingRequired => "invalid_token",
+            ProofError::RequestUri(_) => "invalid_dpop_proof",
+            ProofError::Proof(e) => e.error_code(),
+            ProofError::Store(_) => "temporarily_unavailable",
+        }
+    }
+}
+
+/// Checks that the caller holds the key `token` is bound to, when it must:
+/// a bound token, the `DPoP` scheme or a policy that requires DPoP. A
+/// request none of these apply to passes untouched. A fresh proof's `jti`
+/// is recorded in `replay` (at `now`, seconds since the Unix epoch).
+pub async fn check(
+    pop: Option<ProofOfPossession>,
+    presented: Credentials<'_>,
+    token: &VerifiedToken,
+    request: &ProofRequest<'_>,
+    replay: &ReplayStore,
+    now: u64,
+) -> Result<(), ProofError> {
+    let jkt = token.claim("/cnf/jkt").and_then(|v| v.as_str());
+    let (access_token, jkt) = match (presented, jkt) {
+        (Credentials::Dpop(access_token), Some(jkt)) => (access_token, jkt),
+        (Credentials::Bearer(_), Some(_)) => return Err(ProofError::BoundTokenAsBearer),
+        (Credentials::Dpop(_), None) => return Err(ProofError::UnboundTokenAsDpop),
+        (_, None) if pop.is_some_and(|p| p.required) => return Err(ProofError::BindingRequired),
+        (_, None) | (Credentials::None, Some(_)) => return Ok(()),
+    };
+    let uri = NormalizedUri::from_request(request.scheme, request.authority, request.path)
+        .map_err(ProofError::RequestUri)?;
+    let context = ProofContext::new(request.method, &uri).with_access_token(access_token, jkt);
+    let proof = verify_proof(request.proof, &context, now).map_err(ProofError::Proof)?;
+    // Boxed: the Redis client's future is deep, and only DPoP requests
+    // need it (keeps the Check future's layout within the compiler's limits).
+    let freshness = Box::pin(replay.check(&proof, now)).await;
+    match freshness.map_err(ProofError::Store)? {
+        Freshness::Fresh => Ok(()),
+        Freshness::Replayed => Err(ProofError::Proof(DpopError::Replayed)),
+    }
+}
