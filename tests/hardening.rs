@@ -253,3 +253,38 @@ fn finding_7_proxy_owned_headers_cannot_be_set_from_claims() {
         );
     }
 }
+
+/// Finding 1, on a replica that started after an owner's invalid edit: the
+/// hosts its status recorded stay held for it, and a Check for one of them
+/// answers 503 rather than another policy's answer or "unknown host".
+#[tokio::test]
+async fn finding_1_a_host_held_for_an_invalid_policy_answers_503() {
+    use scopegate::authz::{CheckService, TokenCache};
+    use scopegate::policy::{
+        Candidate, CompiledPolicy, HostPattern, PolicySnapshot, SnapshotHandle,
+    };
+    let broken: scopegate::policy::TokenPolicySpec = serde_json::from_value(json!({
+        "hosts": ["*.own.example.com"],
+        "issuer": {"url": "https://tenant.example.com/", "audiences": []},
+    }))
+    .unwrap();
+    let owner = Candidate {
+        id: "a/owner".into(),
+        compiled: CompiledPolicy::compile("a/owner".into(), &broken),
+        last_good: None,
+        held_hosts: vec![HostPattern::parse("*.own.example.com").unwrap()],
+    };
+    let registry = scopegate::jwks::JwksRegistry::new(Default::default());
+    let snapshot = SnapshotHandle::default();
+    snapshot.publish(PolicySnapshot::build(vec![owner], &registry));
+    let service = CheckService::new(snapshot, std::sync::Arc::new(TokenCache::disabled()));
+    let request = check_request("pay.own.example.com", "GET", "/", &[], Default::default());
+    let checked = Checked(service.check_request(&request).await);
+    assert_eq!(checked.http_status(), 503);
+    assert_eq!(checked.0.status.as_ref().unwrap().message, "policy_invalid");
+    let elsewhere = check_request("other.example.com", "GET", "/", &[], Default::default());
+    assert_eq!(
+        Checked(service.check_request(&elsewhere).await).http_status(),
+        403
+    );
+}
