@@ -306,6 +306,11 @@ async fn enforce(
         None if policy.default_action == DefaultAction::Allow => Ok(()),
         None => Err(Denial::forbidden("no_rule", "no rule allows this request")),
         Some(rule) => check_rule(rule, &token)
+            .and_then(|()| match &rule.actor {
+                Some(actor) => super::actor::check(actor, &token)
+                    .map_err(|failure| Denial::forbidden(failure.label(), failure.to_string())),
+                None => Ok(()),
+            })
             .and_then(|()| {
                 super::conditions::check(rule, &path, request, &token)
                     .map_err(|failure| Denial::condition(&failure))

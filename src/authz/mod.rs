@@ -15,6 +15,7 @@
 //! `reason`, `issuer`, `azp`), `scopegate_check_*` metrics and a decision log
 //! line (deny and audit would-deny at info, allow at debug).
 
+mod actor;
 mod conditions;
 mod credentials;
 mod decision;
@@ -220,6 +221,7 @@ fn check_span(http: Option<&HttpRequest>) -> tracing::Span {
         reason = Empty,
         issuer = Empty,
         azp = Empty,
+        actor = Empty,
     );
     if !span.is_disabled()
         && let Some(parent) = http.and_then(extract_parent)
@@ -298,8 +300,18 @@ impl<'a> Outcome<'a> {
             let issuer = self.token.and_then(|t| t.string_claim("iss"));
             span.record("issuer", issuer);
             span.record("azp", azp);
+            if let Some(actor) = self.actor() {
+                span.record("actor", actor);
+            }
         }
         self.log(azp);
+    }
+
+    /// The token's `act` chain, outermost first, space-separated (`None`
+    /// without a token or `act`).
+    fn actor(&self) -> Option<String> {
+        let chain = self.token?.actor_chain();
+        (!chain.is_empty()).then(|| chain.join(" "))
     }
 
     /// One line per deny and would-deny (info) and per allow (debug).
@@ -315,6 +327,7 @@ impl<'a> Outcome<'a> {
                     status = self.status,
                     sub = self.token.and_then(|t| t.subject()),
                     azp,
+                    actor = self.actor(),
                     host = self.request.map(|(host, _)| host),
                     method = self.request.map(|(_, http)| &*http.method),
                     path = self.request.map(|(_, http)| without_query(&http.path)),

@@ -29,7 +29,8 @@ mod code {
 /// An `OkHttpResponse` that sets every claim header the token has and
 /// removes every other configured claim header, so that client-sent copies
 /// never reach the upstream. `dynamic_metadata` carries `policy`, `rule`,
-/// `sub`, `azp` and `scope` for Envoy access logs.
+/// `sub`, `azp`, `scope` and `actor` (the `act` chain, outermost first) for
+/// Envoy access logs.
 pub fn allow(policy: &CompiledPolicy, allowed: &Allowed) -> CheckResponse {
     let mut headers = Vec::with_capacity(policy.claim_headers.len());
     let mut headers_to_remove = Vec::new();
@@ -58,6 +59,10 @@ pub fn allow(policy: &CompiledPolicy, allowed: &Allowed) -> CheckResponse {
             metadata.insert("azp".to_string(), string_value(azp));
         }
         metadata.insert("scope".to_string(), string_value(token.scope_line()));
+        let chain = token.actor_chain();
+        if !chain.is_empty() {
+            metadata.insert("actor".to_string(), string_value(&chain.join(" ")));
+        }
     }
     if let Some(denial) = &allowed.audited_denial {
         metadata.insert("audit_denial".to_string(), string_value(denial.reason));

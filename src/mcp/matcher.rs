@@ -86,29 +86,34 @@ impl Glob {
         Ok(Glob(pattern.to_string()))
     }
 
-    /// Iterative wildcard matching with one backtrack point (the last `*`):
-    /// O(pattern × text) at worst, no recursion.
     fn matches(&self, text: &str) -> bool {
-        let (pattern, text) = (self.0.as_bytes(), text.as_bytes());
-        let (mut p, mut t) = (0, 0);
-        let mut star: Option<(usize, usize)> = None;
-        while t < text.len() {
-            if p < pattern.len() && pattern[p] == b'*' {
-                star = Some((p, t));
-                p += 1;
-            } else if p < pattern.len() && pattern[p] == text[t] {
-                p += 1;
-                t += 1;
-            } else if let Some((star_p, star_t)) = star {
-                p = star_p + 1;
-                t = star_t + 1;
-                star = Some((star_p, star_t + 1));
-            } else {
-                return false;
-            }
-        }
-        pattern[p..].iter().all(|b| *b == b'*')
+        glob_matches(&self.0, text)
     }
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of
+/// characters: iterative, with one backtrack point (the last `*`),
+/// O(pattern × text) at worst, no recursion.
+pub(crate) fn glob_matches(pattern: &str, text: &str) -> bool {
+    let (pattern, text) = (pattern.as_bytes(), text.as_bytes());
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((star_p, star_t)) = star {
+            p = star_p + 1;
+            t = star_t + 1;
+            star = Some((star_p, star_t + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|b| *b == b'*')
 }
 
 impl fmt::Display for Glob {

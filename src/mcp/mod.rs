@@ -29,5 +29,6 @@ pub use jsonrpc::{
     DEFAULT_MAX_BODY_BYTES, ENVOY_MCP_METADATA_NAMESPACE, McpBody, McpBodyError, McpCall,
     McpMetadataError, TOOLS_CALL,
 };
+pub(crate) use matcher::glob_matches;
 pub use matcher::{McpMatcher, McpMatcherError};
 pub use metadata::{ProtectedResource, ResourceError, WELL_KNOWN_PREFIX};

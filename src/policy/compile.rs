@@ -99,6 +99,8 @@ pub struct CompiledRule {
     pub matrix_params: bool,
     /// `mcp`: the JSON-RPC call this rule matches.
     pub mcp: Option<McpMatcher>,
+    /// `actor`: the delegation this rule requires or refuses.
+    pub actor: Option<ActorRule>,
     /// `when`: CEL conditions that must all hold.
     pub conditions: Box<[Condition]>,
     /// What the conditions read, so a Check builds only that.
@@ -127,6 +129,17 @@ impl CompiledRule {
                 .as_ref()
                 .is_none_or(|paths| paths.iter().any(|p| p.matches(path)))
     }
+}
+
+/// A compiled `actor:` (RFC 8693).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorRule {
+    /// `Some(true)`: `act` required; `Some(false)`: refused.
+    pub required: Option<bool>,
+    /// Globs for the outermost actor's `sub`.
+    pub allowed: Option<Box<[Box<str>]>>,
+    /// The longest chain accepted.
+    pub max_depth: Option<usize>,
 }
 
 /// A compiled `claimHeaders[i]`.
@@ -294,6 +307,49 @@ fn compile_resource(
             .ok(),
         None => Some(resource),
     }
+}
+
+/// `rules[i].actor`: globs printable, no contradiction.
+fn compile_actor(
+    field: &str,
+    spec: &super::spec::ActorSpec,
+    errors: &mut Errors,
+) -> Option<ActorRule> {
+    let mut ok = true;
+    if spec.required == Some(false) && (spec.allowed.is_some() || spec.max_depth.is_some()) {
+        errors.add(
+            format!("{field}.required"),
+            "false refuses delegated tokens; allowed and maxDepth would never apply",
+        );
+        ok = false;
+    }
+    for (i, pattern) in spec.allowed.iter().flatten().enumerate() {
+        if pattern.is_empty() || !pattern.chars().all(|c| c.is_ascii_graphic()) {
+            errors.add(
+                format!("{field}.allowed[{i}]"),
+                format!(
+                    "{pattern:?} must be a printable glob without spaces ('*' matches any run)"
+                ),
+            );
+            ok = false;
+        }
+    }
+    if spec.allowed.as_ref().is_some_and(Vec::is_empty) {
+        errors.add(
+            format!("{field}.allowed"),
+            "must not be empty (omit it to allow any actor)",
+        );
+        ok = false;
+    }
+    if spec.max_depth == Some(0) {
+        errors.add(format!("{field}.maxDepth"), "must be at least 1");
+        ok = false;
+    }
+    ok.then(|| ActorRule {
+        required: spec.required,
+        allowed: spec.allowed.as_deref().map(boxed_strs),
+        max_depth: spec.max_depth.map(|d| d as usize),
+    })
 }
 
 /// Why counting Auth0's `permissions` as scopes is rarely right.
@@ -490,6 +546,10 @@ fn compile_rule(index: usize, rule: &RuleSpec, errors: &mut Errors) -> CompiledR
         rule.paths.as_ref().map_or(0, Vec::len),
         64,
     );
+    let actor = rule
+        .actor
+        .as_ref()
+        .and_then(|actor| compile_actor(&format!("{field}.actor"), actor, errors));
     let mcp = rule.mcp.as_ref().and_then(|mcp| {
         errors.check(
             format!("{field}.mcp"),
@@ -517,6 +577,7 @@ fn compile_rule(index: usize, rule: &RuleSpec, errors: &mut Errors) -> CompiledR
         anonymous: rule.anonymous,
         matrix_params: rule.matrix_params,
         mcp,
+        actor,
         condition_uses: conditions::uses_of(&conditions),
         conditions,
     }

@@ -11,7 +11,7 @@ mod snapshot;
 pub mod spec;
 
 pub use compile::{
-    ClaimHeader, CompiledIssuer, CompiledPolicy, CompiledRule, FieldError, PolicyId,
+    ActorRule, ClaimHeader, CompiledIssuer, CompiledPolicy, CompiledRule, FieldError, PolicyId,
     ProofOfPossession,
 };
 pub use matching::{AmbiguousPath, HostPattern, PathPattern, RequestPath, normalize_host};

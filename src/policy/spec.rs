@@ -184,6 +184,11 @@ pub struct RuleSpec {
     /// request body in the Check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp: Option<McpRuleSpec>,
+    /// RFC 8693 delegation: whether the token must (or must not) carry an
+    /// `act` chain, which agents may act (globs against the outermost
+    /// `act.sub`), and how deep the chain may be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<ActorSpec>,
     /// CEL conditions that must all hold (over `claims`, `request`, `token`
     /// and `actor`), e.g. `request.params.user == claims.sub`. False: 403
     /// `access_denied`; an evaluation error: 403, never an allow.
@@ -214,6 +219,25 @@ pub struct ResourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub documentation: Option<String>,
+}
+
+/// An `actor:` requirement (RFC 8693 `act`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ActorSpec {
+    /// `true`: delegated tokens only; `false`: tokens with `act` are
+    /// refused; omitted: either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    /// Globs (`*`) the outermost actor's `sub` must match (nested actors
+    /// are informational, RFC 8693 §4.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 256)))]
+    pub allowed: Option<Vec<String>>,
+    /// The longest `act` chain accepted (1: one agent acting for the user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub max_depth: Option<u32>,
 }
 
 /// An `mcp:` rule matcher.

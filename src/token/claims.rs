@@ -124,6 +124,18 @@ impl VerifiedToken {
         self.claims.get(name).and_then(Value::as_str)
     }
 
+    /// The RFC 8693 `act` chain, outermost first: each actor's `sub` (an
+    /// actor without a string `sub` is `""`).
+    pub fn actor_chain(&self) -> Vec<&str> {
+        let mut chain = Vec::new();
+        let mut next = self.claims.get("act");
+        while let Some(Value::Object(actor)) = next {
+            chain.push(actor.get("sub").and_then(Value::as_str).unwrap_or_default());
+            next = actor.get("act");
+        }
+        chain
+    }
+
     /// `sub`.
     pub fn subject(&self) -> Option<&str> {
         self.string_claim("sub")
