@@ -203,7 +203,7 @@ impl Denial {
             rule_scopes: Box::default(),
             reason: error.label(),
             rule: None,
-            dpop: true,
+            dpop: error.is_dpop(),
         }
     }
 

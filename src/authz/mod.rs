@@ -141,6 +141,10 @@ impl CheckService {
                 method: &http.method,
                 path: &http.path,
                 proof: request_header(http, "dpop"),
+                certificate: attributes
+                    .source
+                    .as_ref()
+                    .map_or("", |source| &source.certificate),
             },
             headers: &http.headers,
             mcp: McpSource {
