@@ -42,7 +42,13 @@ impl Pki {
     fn generate(clients: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path();
-        let new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        let new_key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
         openssl(
             path,
             &[
@@ -75,8 +81,21 @@ impl Pki {
             openssl(
                 path,
                 &[
-                    "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key",
-                    "-CAcreateserial", "-days", "1", "-out", &pem, "-extfile", ext,
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "1",
+                    "-out",
+                    &pem,
+                    "-extfile",
+                    ext,
                 ],
             );
         };
@@ -106,7 +125,12 @@ impl Pki {
             ],
         );
         let fingerprint = String::from_utf8(fingerprint).unwrap();
-        let hex = fingerprint.trim().rsplit('=').next().unwrap().replace(':', "");
+        let hex = fingerprint
+            .trim()
+            .rsplit('=')
+            .next()
+            .unwrap()
+            .replace(':', "");
         let bytes: Vec<u8> = (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())

@@ -358,7 +358,12 @@ mod tests {
 
     #[test]
     fn challenges_follow_the_policy_proof_of_possession() {
-        let pop = |mechanism, required| Some(ProofOfPossession { mechanism, required });
+        let pop = |mechanism, required| {
+            Some(ProofOfPossession {
+                mechanism,
+                required,
+            })
+        };
         let optional = pop(PopMechanism::Dpop, false);
         let required = pop(PopMechanism::Dpop, true);
         let no_token = denial(None, &[]);

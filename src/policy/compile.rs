@@ -238,12 +238,10 @@ impl CompiledPolicy {
             .resource
             .as_ref()
             .and_then(|r| compile_resource(r, issuers.as_deref(), &rules, &mut errors));
-        let proof_of_possession = spec
-            .proof_of_possession
-            .map(|pop| ProofOfPossession {
-                mechanism: pop.mechanism,
-                required: pop.required,
-            });
+        let proof_of_possession = spec.proof_of_possession.map(|pop| ProofOfPossession {
+            mechanism: pop.mechanism,
+            required: pop.required,
+        });
         match (errors.0.is_empty(), issuers) {
             (true, Some(issuers)) => Ok(CompiledPolicy {
                 id,
