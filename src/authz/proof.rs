@@ -15,12 +15,33 @@
 //! `DPoP` scheme needs a DPoP-bound token; a policy with `required: true`
 //! needs every token bound by its mechanism.
 
+use std::sync::Arc;
+
 use super::credentials::{Credentials, RequestHeader};
 use crate::policy::ProofOfPossession;
 use crate::pop::{
-    DpopError, Freshness, MtlsError, NormalizedUri, ProofContext, ReplayError, ReplayStore,
-    UriError, verify_certificate_binding, verify_proof,
+    DpopError, Freshness, MtlsError, NonceIssuer, NormalizedUri, ProofContext, ReplayError,
+    ReplayStore, UriError, verify_certificate_binding, verify_proof,
 };
+
+/// What the proof stage keeps across Checks: where DPoP proofs are
+/// remembered against replay and, when server nonces are on
+/// (`--dpop-nonce-secret`), the issuer whose nonces proofs must carry.
+#[derive(Clone)]
+pub struct ProofStage {
+    /// Where proof `jti`s are remembered.
+    pub replay: ReplayStore,
+    /// Server nonces (RFC 9449 §8): `None` when they are off.
+    pub nonces: Option<Arc<NonceIssuer>>,
+}
+
+impl ProofStage {
+    /// The nonce a `use_dpop_nonce` answer sends in `DPoP-Nonce`, when
+    /// nonces are on.
+    pub fn fresh_nonce(&self, now: u64) -> Option<String> {
+        self.nonces.as_ref().map(|issuer| issuer.issue(now))
+    }
+}
 use crate::token::VerifiedToken;
 
 /// The parts of the request a proof is checked against.
@@ -125,17 +146,17 @@ impl ProofError {
 /// to, when it must: a bound token, the `DPoP` scheme or a policy that
 /// requires binding. A request none of these apply to passes untouched. A
 /// fresh proof's `jti` is recorded in `replay` (at `now`, seconds since the
-/// Unix epoch).
+/// Unix epoch); with nonces on, a proof must carry a current one.
 pub async fn check(
     pop: Option<ProofOfPossession>,
     presented: Credentials<'_>,
     token: &VerifiedToken,
     request: &ProofRequest<'_>,
-    replay: &ReplayStore,
+    stage: &ProofStage,
     now: u64,
 ) -> Result<(), ProofError> {
     check_certificate(pop, token, request.certificate)?;
-    check_dpop(pop, presented, token, request, replay, now).await
+    check_dpop(pop, presented, token, request, stage, now).await
 }
 
 /// RFC 8705 §3: a token with `cnf.x5t#S256` must come over a connection
@@ -158,13 +179,14 @@ fn check_certificate(
 }
 
 /// RFC 9449: the DPoP proof of a DPoP-bound token (or of the `DPoP` scheme,
-/// or of a policy requiring DPoP), then its `jti` against `replay`.
+/// or of a policy requiring DPoP), its nonce when nonces are on, then its
+/// `jti` against the replay store.
 async fn check_dpop(
     pop: Option<ProofOfPossession>,
     presented: Credentials<'_>,
     token: &VerifiedToken,
     request: &ProofRequest<'_>,
-    replay: &ReplayStore,
+    stage: &ProofStage,
     now: u64,
 ) -> Result<(), ProofError> {
     let jkt = token.claim("/cnf/jkt").and_then(|v| v.as_str());
@@ -179,11 +201,14 @@ async fn check_dpop(
     };
     let uri = NormalizedUri::from_request(request.scheme, request.authority, request.path)
         .map_err(ProofError::RequestUri)?;
-    let context = ProofContext::new(request.method, &uri).with_access_token(access_token, jkt);
+    let mut context = ProofContext::new(request.method, &uri).with_access_token(access_token, jkt);
+    if let Some(issuer) = &stage.nonces {
+        context = context.with_nonce(issuer.as_ref());
+    }
     let proof = verify_proof(request.proof, &context, now).map_err(ProofError::Proof)?;
     // Boxed: the Redis client's future is deep, and only DPoP requests
     // need it (keeps the Check future's layout within the compiler's limits).
-    let freshness = Box::pin(replay.check(&proof, now)).await;
+    let freshness = Box::pin(stage.replay.check(&proof, now)).await;
     match freshness.map_err(ProofError::Store)? {
         Freshness::Fresh => Ok(()),
         Freshness::Replayed => Err(ProofError::Proof(DpopError::Replayed)),

@@ -239,6 +239,18 @@ fn bearer_error(error: &str) -> Option<BearerError> {
     })
 }
 
+/// Adds `DPoP-Nonce: <nonce>` to a denial (RFC 9449 §8.1): the nonce the
+/// client's retry must put in its proof. An allow is left unchanged.
+pub fn add_dpop_nonce(response: &mut CheckResponse, nonce: &str) {
+    if let Some(HttpResponse::DeniedResponse(denied)) = &mut response.http_response {
+        denied.headers.push(header(
+            "dpop-nonce",
+            nonce,
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ));
+    }
+}
+
 fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
