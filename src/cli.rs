@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -24,6 +25,7 @@ use crate::devissuer::{MintRequest, MintResponse};
 use crate::jwks::JwksSettings;
 use crate::k8s::{self, KubernetesConfig, LeaderSettings};
 use crate::policy::{TokenPolicy, files};
+use crate::pop::NonceIssuer;
 use crate::telemetry::{self, LogFormat};
 
 /// Bearer-token validation for Envoy/Istio ext_authz.
@@ -157,6 +159,15 @@ struct ServeArgs {
         value_name = "URL"
     )]
     replay_store: String,
+    /// Require server nonces in DPoP proofs, made and checked with this secret (at least 32 bytes; the
+    /// same on every replica, which then accept each other's nonces). Off when unset.
+    #[arg(
+        long,
+        env = "SCOPEGATE_DPOP_NONCE_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    dpop_nonce_secret: Option<String>,
     /// At start, how long readiness waits for every issuer's keys; after that an unreachable issuer only
     /// makes its own policies answer 503.
     #[arg(long, env = "SCOPEGATE_STARTUP_KEY_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -305,6 +316,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         replay_store: crate::pop::ReplayStore::from_flag(Some(&args.replay_store))
             .context("--replay-store (SCOPEGATE_REPLAY_STORE)")?,
+        dpop_nonces: dpop_nonces(args.dpop_nonce_secret.as_deref())?,
         startup_key_wait: args.startup_key_wait,
         shutdown_drain_delay: args.shutdown_drain_delay,
         shutdown_grace: args.shutdown_grace,
@@ -534,6 +546,36 @@ fn parse_byte_size(value: &str) -> Result<u64, String> {
         .ok_or_else(|| {
             format!("{value:?}: expected bytes, or a number with Ki, Mi or Gi (e.g. 64Mi)")
         })
+}
+
+/// The nonce issuer of `--dpop-nonce-secret`: `None` (nonces off) without
+/// a secret; an error for a secret shorter than 32 bytes.
+fn dpop_nonces(secret: Option<&str>) -> anyhow::Result<Option<Arc<NonceIssuer>>> {
+    secret
+        .map(|secret| NonceIssuer::new(secret.as_bytes(), NonceIssuer::DEFAULT_PERIOD))
+        .transpose()
+        .map(|issuer| issuer.map(Arc::new))
+        .context("--dpop-nonce-secret (SCOPEGATE_DPOP_NONCE_SECRET)")
+}
+
+#[cfg(test)]
+mod dpop_nonce_tests {
+    use super::dpop_nonces;
+
+    #[test]
+    fn nonces_are_off_without_a_secret_and_a_short_secret_is_refused() {
+        assert!(dpop_nonces(None).unwrap().is_none());
+        assert!(
+            dpop_nonces(Some("0123456789abcdef0123456789abcdef"))
+                .unwrap()
+                .is_some()
+        );
+        let error = format!("{:#}", dpop_nonces(Some("too short")).unwrap_err());
+        assert!(
+            error.contains("--dpop-nonce-secret") && error.contains("9 bytes"),
+            "{error}"
+        );
+    }
 }
 
 #[cfg(test)]

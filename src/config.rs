@@ -34,6 +34,9 @@ pub struct ServeConfig {
     /// Where DPoP proof `jti`s are remembered (`--replay-store`): this
     /// replica's memory, or a Redis server shared by every replica.
     pub replay_store: crate::pop::ReplayStore,
+    /// Server nonces for DPoP proofs (`--dpop-nonce-secret`): `None` when
+    /// off; replicas with the same secret accept each other's nonces.
+    pub dpop_nonces: Option<std::sync::Arc<crate::pop::NonceIssuer>>,
     /// How long after start `/readyz` waits for every issuer's keys before
     /// it stops counting an unreachable issuer against readiness.
     pub startup_key_wait: Duration,
@@ -77,6 +80,7 @@ impl ServeConfig {
             replay_store: crate::pop::ReplayStore::InMemory(crate::pop::InMemoryReplayStore::new(
                 crate::pop::InMemoryReplayStore::DEFAULT_MAX_ENTRIES,
             )),
+            dpop_nonces: None,
             startup_key_wait: Duration::from_secs(10),
             shutdown_drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),

@@ -201,7 +201,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             snapshot.clone(),
             token_cache.clone(),
             config.replay_store.clone(),
-        ),
+        )
+        .with_dpop_nonces(config.dpop_nonces.clone()),
         health_service,
         stopped.clone(),
     )?);

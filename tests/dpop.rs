@@ -1,11 +1,14 @@
 //! DPoP (RFC 9449) through real Checks: a running scopegate, a real JWKS
 //! server, DPoP-bound tokens (`cnf.jkt`) and ES256 proofs; the replay store
-//! in memory and shared through a real `redis-server` by two scopegates.
+//! in memory and shared through a real `redis-server` by two scopegates;
+//! server nonces shared by two scopegates with the same secret.
 
 mod support;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use scopegate::pop::NonceIssuer;
 use serde_json::Value;
 use support::redis::RedisServer;
 use support::{Checked, EcKey, HOST, KEY_A, STANDARD_RULES, Scopegate, claims, now, policy_yaml};
@@ -291,4 +294,88 @@ async fn replicas_sharing_redis_refuse_a_proof_replayed_across_them() {
             == 200
     })
     .await;
+}
+
+/// A scopegate on the standard policy requiring DPoP server nonces made
+/// with `secret` (`--dpop-nonce-secret`).
+async fn with_nonce_secret(jwks: &support::JwksServer, secret: &str) -> Scopegate {
+    let issuer = NonceIssuer::new(secret.as_bytes(), NonceIssuer::DEFAULT_PERIOD).unwrap();
+    Scopegate::start_configured(&policy(jwks, ""), |config| {
+        config.dpop_nonces = Some(Arc::new(issuer));
+    })
+    .await
+}
+
+/// A fresh proof by `key` for `GET /orders` and `token` carrying `nonce`.
+fn proof_with_nonce(key: &EcKey, token: &str, nonce: &str) -> String {
+    key.dpop_proof_with_nonce("GET", HTU, &jti(), now(), Some(token), Some(nonce))
+}
+
+#[tokio::test]
+async fn server_nonces_are_required_and_every_replica_with_the_secret_accepts_them() {
+    const SECRET: &str = "the replicas' shared nonce secret, 32+ bytes";
+    const OTHER: &str = "a different secret, also 32 bytes or more";
+    let jwks = support::JwksServer::start(vec![KEY_A.jwk()]).await;
+    let first = with_nonce_secret(&jwks, SECRET).await;
+    let second = with_nonce_secret(&jwks, SECRET).await;
+    let stranger = with_nonce_secret(&jwks, OTHER).await;
+    let key = EcKey::generate("dpop");
+    let token = token(&jwks.issuer(), Some(&key));
+
+    // A valid proof without a nonce: 401 use_dpop_nonce, and a nonce to
+    // retry with.
+    let refused = get_orders(&first, "DPoP", &token, Some(&proof(&key, &token))).await;
+    assert_dpop_error(&refused, "use_dpop_nonce");
+    let nonce = refused
+        .header("dpop-nonce")
+        .expect("a use_dpop_nonce answer carries DPoP-Nonce");
+
+    // Any replica with the same secret accepts the first one's nonce.
+    for replica in [&second, &first] {
+        let retried = get_orders(
+            replica,
+            "DPoP",
+            &token,
+            Some(&proof_with_nonce(&key, &token, &nonce)),
+        )
+        .await;
+        assert_eq!(retried.http_status(), 200, "{:?}", retried.0);
+    }
+
+    // A replica with another secret does not, and hands out its own.
+    let foreign = get_orders(
+        &stranger,
+        "DPoP",
+        &token,
+        Some(&proof_with_nonce(&key, &token, &nonce)),
+    )
+    .await;
+    assert_dpop_error(&foreign, "use_dpop_nonce");
+    let its_own = foreign.header("dpop-nonce").expect("a fresh DPoP-Nonce");
+    assert_ne!(its_own, nonce);
+    let retried = get_orders(
+        &stranger,
+        "DPoP",
+        &token,
+        Some(&proof_with_nonce(&key, &token, &its_own)),
+    )
+    .await;
+    assert_eq!(retried.http_status(), 200, "{:?}", retried.0);
+
+    // Nonces never replace the other checks: an invalid proof is reported
+    // as invalid, without a nonce header.
+    let other_key = EcKey::generate("other");
+    let wrong_key = proof_with_nonce(&other_key, &token, &nonce);
+    let invalid = get_orders(&second, "DPoP", &token, Some(&wrong_key)).await;
+    assert_dpop_error(&invalid, "invalid_dpop_proof");
+    assert_eq!(invalid.header("dpop-nonce"), None);
+}
+
+#[tokio::test]
+async fn without_a_nonce_secret_proofs_need_no_nonce() {
+    let Setup { jwks, sg, key } = setup("").await;
+    let token = token(&jwks.issuer(), Some(&key));
+    let checked = get_orders(&sg, "DPoP", &token, Some(&proof(&key, &token))).await;
+    assert_eq!(checked.http_status(), 200, "{:?}", checked.0);
+    assert_eq!(checked.header("dpop-nonce"), None);
 }

@@ -5,13 +5,12 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::credentials::{CredentialsError, RequestHeader, credentials};
-use super::proof::{ProofError, ProofRequest};
+use super::proof::{ProofError, ProofRequest, ProofStage};
 use super::token_cache::{KeyBinding, PreparedToken, TokenCache};
 use crate::jwks::KeysUnavailable;
 use crate::mcp::McpBody;
 use crate::policy::conditions::ConditionFailure;
 use crate::policy::{AmbiguousPath, CompiledRule, DefaultAction, Mode, RequestPath, ServedPolicy};
-use crate::pop::ReplayStore;
 use crate::token::{TokenError, UnverifiedToken, unix_now};
 
 /// The parts of an HTTP request a decision reads.
@@ -203,7 +202,7 @@ impl Denial {
             rule_scopes: Box::default(),
             reason: error.label(),
             rule: None,
-            dpop: true,
+            dpop: error.is_dpop(),
         }
     }
 
@@ -233,11 +232,11 @@ impl Denial {
 /// policy's mode: in audit mode a denial is logged by the caller and the
 /// request is allowed (with the token's claim headers if the token was valid).
 /// Verified tokens are looked up in and added to `cache`; DPoP proofs are
-/// recorded in `replay`.
+/// checked and recorded by `proofs`.
 pub async fn decide(
     served: &ServedPolicy,
     cache: &TokenCache,
-    replay: &ReplayStore,
+    proofs: &ProofStage,
     request: &HttpAttributes<'_>,
 ) -> Decision {
     if served
@@ -249,7 +248,7 @@ pub async fn decide(
         return Decision::ResourceMetadata;
     }
     match (
-        enforce(served, cache, replay, request).await,
+        enforce(served, cache, proofs, request).await,
         served.policy.mode,
     ) {
         (Ok(allowed), _) => Decision::Allow(allowed),
@@ -271,7 +270,7 @@ type Rejection = (Denial, Option<Arc<PreparedToken>>);
 async fn enforce(
     served: &ServedPolicy,
     cache: &TokenCache,
-    replay: &ReplayStore,
+    proofs: &ProofStage,
     request: &HttpAttributes<'_>,
 ) -> Result<Allowed, Rejection> {
     let policy = &served.policy;
@@ -297,7 +296,7 @@ async fn enforce(
         presented,
         &token,
         &request.proof,
-        replay,
+        proofs,
         unix_now(),
     )
     .await

@@ -41,21 +41,22 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 pub use credentials::RequestHeader;
 pub use decision::McpSource;
 pub use decision::{Allowed, Decision, Denial, HttpAttributes, decide, verify};
-pub use proof::{ProofError, ProofRequest};
+pub use proof::{ProofError, ProofRequest, ProofStage};
 pub use token_cache::{PreparedToken, TokenCache, TokenCacheSettings};
 pub use trace_context::extract_parent;
 
 use crate::mcp::McpBody;
 use crate::metrics::{self, DecisionLabel};
 use crate::policy::{ServedPolicy, SnapshotHandle, normalize_host};
-use crate::pop::{InMemoryReplayStore, ReplayStore};
+use crate::pop::{InMemoryReplayStore, NonceIssuer, ReplayStore};
+use crate::token::unix_now;
 
 /// The ext_authz service: answers Checks from the current policy snapshot.
 #[derive(Clone)]
 pub struct CheckService {
     snapshot: SnapshotHandle,
     token_cache: Arc<TokenCache>,
-    replay: ReplayStore,
+    proofs: ProofStage,
 }
 
 impl CheckService {
@@ -78,8 +79,18 @@ impl CheckService {
         CheckService {
             snapshot,
             token_cache,
-            replay,
+            proofs: ProofStage {
+                replay,
+                nonces: None,
+            },
         }
+    }
+
+    /// The same service requiring DPoP proofs to carry server nonces from
+    /// `nonces` (RFC 9449 §8); `None` leaves nonces off.
+    pub fn with_dpop_nonces(mut self, nonces: Option<Arc<NonceIssuer>>) -> Self {
+        self.proofs.nonces = nonces;
+        self
     }
 
     /// The tonic server wrapping this service.
@@ -142,6 +153,10 @@ impl CheckService {
                 method: &http.method,
                 path: &http.path,
                 proof: request_header(http, "dpop"),
+                certificate: attributes
+                    .source
+                    .as_ref()
+                    .map_or("", |source| &source.certificate),
             },
             headers: &http.headers,
             mcp: McpSource {
@@ -163,7 +178,7 @@ impl CheckService {
                 metadata: attributes.metadata_context.as_ref(),
             },
         };
-        match decide(&served, &self.token_cache, &self.replay, &attributes).await {
+        match decide(&served, &self.token_cache, &self.proofs, &attributes).await {
             Decision::ResourceMetadata => {
                 let resource = served
                     .policy
@@ -197,7 +212,13 @@ impl CheckService {
             Decision::Deny(denial, token) => {
                 Outcome::denied(Some(&served), request, &denial, token.as_deref())
                     .report(span, started);
-                response::deny(&host, &denial, Some(&served.policy))
+                let mut response = response::deny(&host, &denial, Some(&served.policy));
+                if denial.error == Some("use_dpop_nonce")
+                    && let Some(nonce) = self.proofs.fresh_nonce(unix_now())
+                {
+                    response::add_dpop_nonce(&mut response, &nonce);
+                }
+                response
             }
         }
     }

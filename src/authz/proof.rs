@@ -1,23 +1,47 @@
-//! The proof-of-possession stage of a Check (RFC 9449 DPoP), after the
-//! token verified and before the rule is checked.
+//! The proof-of-possession stage of a Check (RFC 8705 mTLS, RFC 9449 DPoP),
+//! after the token verified and before the rule is checked.
 //!
 //! ```text
+//! token has cnf.x5t#S256 ─┬─► verify_certificate_binding(forwarded client certificate, x5t#S256)
+//! policy requires mtls   ─┘
 //! token has cnf.jkt ─┐
 //! scheme is DPoP    ─┼─► verify_proof(DPoP header, htm, htu, ath, cnf.jkt) ─► ReplayStore::check
 //! policy requires   ─┘
 //! ```
 //!
 //! Neither the proof nor its replay check is ever cached: only the token's
-//! verification is. A token bound to a key must always come with its proof,
-//! whatever the policy says (RFC 9449 §7.2); the `DPoP` scheme needs a bound
-//! token; a policy with `required: true` needs every token bound.
+//! verification is. A token bound to a key or a certificate must always come
+//! with its proof, whatever the policy says (RFC 9449 §7.2, RFC 8705 §3); the
+//! `DPoP` scheme needs a DPoP-bound token; a policy with `required: true`
+//! needs every token bound by its mechanism.
+
+use std::sync::Arc;
 
 use super::credentials::{Credentials, RequestHeader};
 use crate::policy::ProofOfPossession;
 use crate::pop::{
-    DpopError, Freshness, NormalizedUri, ProofContext, ReplayError, ReplayStore, UriError,
-    verify_proof,
+    DpopError, Freshness, MtlsError, NonceIssuer, NormalizedUri, ProofContext, ReplayError,
+    ReplayStore, UriError, verify_certificate_binding, verify_proof,
 };
+
+/// What the proof stage keeps across Checks: where DPoP proofs are
+/// remembered against replay and, when server nonces are on
+/// (`--dpop-nonce-secret`), the issuer whose nonces proofs must carry.
+#[derive(Clone)]
+pub struct ProofStage {
+    /// Where proof `jti`s are remembered.
+    pub replay: ReplayStore,
+    /// Server nonces (RFC 9449 §8): `None` when they are off.
+    pub nonces: Option<Arc<NonceIssuer>>,
+}
+
+impl ProofStage {
+    /// The nonce a `use_dpop_nonce` answer sends in `DPoP-Nonce`, when
+    /// nonces are on.
+    pub fn fresh_nonce(&self, now: u64) -> Option<String> {
+        self.nonces.as_ref().map(|issuer| issuer.issue(now))
+    }
+}
 use crate::token::VerifiedToken;
 
 /// The parts of the request a proof is checked against.
@@ -33,6 +57,10 @@ pub struct ProofRequest<'a> {
     pub path: &'a str,
     /// The `DPoP` request header.
     pub proof: RequestHeader<'a>,
+    /// The client certificate of the TLS connection as Envoy forwards it
+    /// (`attributes.source.certificate`: URL-encoded PEM, empty when there
+    /// is none or the filter lacks `include_peer_certificate`).
+    pub certificate: &'a str,
 }
 
 /// Why the proof stage refuses a request.
@@ -56,6 +84,13 @@ pub enum ProofError {
     /// The replay store cannot answer: 503, never allow.
     #[error(transparent)]
     Store(ReplayError),
+    /// The policy requires mTLS-bound tokens and the token has no
+    /// `cnf.x5t#S256`.
+    #[error("this API requires a token bound to the client certificate (cnf.x5t#S256)")]
+    CertificateBindingRequired,
+    /// A certificate-bound token without the certificate it is bound to.
+    #[error(transparent)]
+    Certificate(MtlsError),
 }
 
 impl ProofError {
@@ -68,7 +103,18 @@ impl ProofError {
             ProofError::RequestUri(_) => "dpop_request_uri",
             ProofError::Proof(e) => e.label(),
             ProofError::Store(e) => e.label(),
+            ProofError::CertificateBindingRequired => "mtls_required",
+            ProofError::Certificate(e) => e.label(),
         }
+    }
+
+    /// Whether the refusal is about DPoP (its error goes in the `DPoP`
+    /// challenge); mTLS refusals are answered in the `Bearer` one.
+    pub fn is_dpop(&self) -> bool {
+        !matches!(
+            self,
+            ProofError::CertificateBindingRequired | ProofError::Certificate(_)
+        )
     }
 
     /// The HTTP status: 503 when the replay store is unavailable, else 401.
@@ -86,7 +132,9 @@ impl ProofError {
         match self {
             ProofError::BoundTokenAsBearer
             | ProofError::UnboundTokenAsDpop
-            | ProofError::BindingRequired => "invalid_token",
+            | ProofError::BindingRequired
+            | ProofError::CertificateBindingRequired
+            | ProofError::Certificate(_) => "invalid_token",
             ProofError::RequestUri(_) => "invalid_dpop_proof",
             ProofError::Proof(e) => e.error_code(),
             ProofError::Store(_) => "temporarily_unavailable",
@@ -94,16 +142,51 @@ impl ProofError {
     }
 }
 
-/// Checks that the caller holds the key `token` is bound to, when it must:
-/// a bound token, the `DPoP` scheme or a policy that requires DPoP. A
-/// request none of these apply to passes untouched. A fresh proof's `jti`
-/// is recorded in `replay` (at `now`, seconds since the Unix epoch).
+/// Checks that the caller holds the certificate and the key `token` is bound
+/// to, when it must: a bound token, the `DPoP` scheme or a policy that
+/// requires binding. A request none of these apply to passes untouched. A
+/// fresh proof's `jti` is recorded in `replay` (at `now`, seconds since the
+/// Unix epoch); with nonces on, a proof must carry a current one.
 pub async fn check(
     pop: Option<ProofOfPossession>,
     presented: Credentials<'_>,
     token: &VerifiedToken,
     request: &ProofRequest<'_>,
-    replay: &ReplayStore,
+    stage: &ProofStage,
+    now: u64,
+) -> Result<(), ProofError> {
+    check_certificate(pop, token, request.certificate)?;
+    check_dpop(pop, presented, token, request, stage, now).await
+}
+
+/// RFC 8705 §3: a token with `cnf.x5t#S256` must come over a connection
+/// whose client certificate has that thumbprint; a policy requiring mTLS
+/// needs every token so bound. A `cnf.x5t#S256` that is not a string
+/// matches no certificate.
+fn check_certificate(
+    pop: Option<ProofOfPossession>,
+    token: &VerifiedToken,
+    certificate: &str,
+) -> Result<(), ProofError> {
+    match token.claim("/cnf/x5t#S256") {
+        Some(x5t) => verify_certificate_binding(certificate, x5t.as_str().unwrap_or_default())
+            .map_err(ProofError::Certificate),
+        None if pop.is_some_and(ProofOfPossession::requires_mtls) => {
+            Err(ProofError::CertificateBindingRequired)
+        }
+        None => Ok(()),
+    }
+}
+
+/// RFC 9449: the DPoP proof of a DPoP-bound token (or of the `DPoP` scheme,
+/// or of a policy requiring DPoP), its nonce when nonces are on, then its
+/// `jti` against the replay store.
+async fn check_dpop(
+    pop: Option<ProofOfPossession>,
+    presented: Credentials<'_>,
+    token: &VerifiedToken,
+    request: &ProofRequest<'_>,
+    stage: &ProofStage,
     now: u64,
 ) -> Result<(), ProofError> {
     let jkt = token.claim("/cnf/jkt").and_then(|v| v.as_str());
@@ -111,16 +194,21 @@ pub async fn check(
         (Credentials::Dpop(access_token), Some(jkt)) => (access_token, jkt),
         (Credentials::Bearer(_), Some(_)) => return Err(ProofError::BoundTokenAsBearer),
         (Credentials::Dpop(_), None) => return Err(ProofError::UnboundTokenAsDpop),
-        (_, None) if pop.is_some_and(|p| p.required) => return Err(ProofError::BindingRequired),
+        (_, None) if pop.is_some_and(ProofOfPossession::requires_dpop) => {
+            return Err(ProofError::BindingRequired);
+        }
         (_, None) | (Credentials::None, Some(_)) => return Ok(()),
     };
     let uri = NormalizedUri::from_request(request.scheme, request.authority, request.path)
         .map_err(ProofError::RequestUri)?;
-    let context = ProofContext::new(request.method, &uri).with_access_token(access_token, jkt);
+    let mut context = ProofContext::new(request.method, &uri).with_access_token(access_token, jkt);
+    if let Some(issuer) = &stage.nonces {
+        context = context.with_nonce(issuer.as_ref());
+    }
     let proof = verify_proof(request.proof, &context, now).map_err(ProofError::Proof)?;
     // Boxed: the Redis client's future is deep, and only DPoP requests
     // need it (keeps the Check future's layout within the compiler's limits).
-    let freshness = Box::pin(replay.check(&proof, now)).await;
+    let freshness = Box::pin(stage.replay.check(&proof, now)).await;
     match freshness.map_err(ProofError::Store)? {
         Freshness::Fresh => Ok(()),
         Freshness::Replayed => Err(ProofError::Proof(DpopError::Replayed)),

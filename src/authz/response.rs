@@ -184,7 +184,8 @@ fn denied(
 /// With DPoP (RFC 9449 §7.1) the value holds the challenges of every scheme
 /// the API accepts, comma-separated, `Bearer` first: `Bearer` unless the
 /// policy requires DPoP, `DPoP realm="…", algs="…"` when the policy accepts
-/// DPoP or the denial is about a proof. The error goes in the `DPoP`
+/// DPoP or the denial is about a proof (an mTLS policy accepts `Bearer`
+/// only: certificate-bound tokens are sent as `Bearer`, RFC 8705 §3). The error goes in the `DPoP`
 /// challenge when it is about proof of possession or `Bearer` is not
 /// accepted, else in the `Bearer` one. Without `pop` and without a proof
 /// error the value is the `Bearer` challenge alone, as before.
@@ -194,8 +195,8 @@ pub fn www_authenticate(
     resource: Option<&ProtectedResource>,
     pop: Option<ProofOfPossession>,
 ) -> String {
-    let bearer_accepted = !pop.is_some_and(|p| p.required);
-    let dpop_accepted = pop.is_some() || denial.dpop;
+    let bearer_accepted = !pop.is_some_and(ProofOfPossession::requires_dpop);
+    let dpop_accepted = pop.is_some_and(ProofOfPossession::accepts_dpop) || denial.dpop;
     let error_in_dpop = denial.dpop || !bearer_accepted;
     let mut challenges = Vec::with_capacity(2);
     if bearer_accepted {
@@ -243,6 +244,18 @@ fn bearer_error(error: &str) -> Option<BearerError> {
     })
 }
 
+/// Adds `DPoP-Nonce: <nonce>` to a denial (RFC 9449 §8.1): the nonce the
+/// client's retry must put in its proof. An allow is left unchanged.
+pub fn add_dpop_nonce(response: &mut CheckResponse, nonce: &str) {
+    if let Some(HttpResponse::DeniedResponse(denied)) = &mut response.http_response {
+        denied.headers.push(header(
+            "dpop-nonce",
+            nonce,
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ));
+    }
+}
+
 fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
@@ -264,6 +277,7 @@ fn string_value(s: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::PopMechanism;
 
     fn denial(error: Option<&'static str>, rule_scopes: &[&str]) -> Denial {
         Denial {
@@ -361,8 +375,14 @@ mod tests {
 
     #[test]
     fn challenges_follow_the_policy_proof_of_possession() {
-        let optional = Some(ProofOfPossession { required: false });
-        let required = Some(ProofOfPossession { required: true });
+        let pop = |mechanism, required| {
+            Some(ProofOfPossession {
+                mechanism,
+                required,
+            })
+        };
+        let optional = pop(PopMechanism::Dpop, false);
+        let required = pop(PopMechanism::Dpop, true);
         let no_token = denial(None, &[]);
         assert_eq!(
             www_authenticate("api", &no_token, None, optional),
@@ -376,5 +396,12 @@ mod tests {
             www_authenticate("api", &no_token, None, None),
             "Bearer realm=\"api\""
         );
+        for required in [false, true] {
+            assert_eq!(
+                www_authenticate("api", &no_token, None, pop(PopMechanism::Mtls, required)),
+                "Bearer realm=\"api\"",
+                "an mTLS policy does not advertise DPoP"
+            );
+        }
     }
 }

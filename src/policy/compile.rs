@@ -45,11 +45,31 @@ pub struct CompiledPolicy {
     pub warnings: Vec<FieldError>,
 }
 
-/// A compiled `spec.proofOfPossession` (DPoP only, so far).
+/// A compiled `spec.proofOfPossession`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProofOfPossession {
-    /// Every token must be DPoP-bound and come with its proof.
+    /// How callers prove possession: DPoP proofs or the mTLS client
+    /// certificate.
+    pub mechanism: PopMechanism,
+    /// Every token must be bound (by `mechanism`) and come with its proof.
     pub required: bool,
+}
+
+impl ProofOfPossession {
+    /// Whether the policy accepts the `DPoP` scheme (and so advertises it).
+    pub fn accepts_dpop(self) -> bool {
+        self.mechanism == PopMechanism::Dpop
+    }
+
+    /// Whether every token must be DPoP-bound (`Bearer` is not accepted).
+    pub fn requires_dpop(self) -> bool {
+        self.accepts_dpop() && self.required
+    }
+
+    /// Whether every token must be bound to the client certificate.
+    pub fn requires_mtls(self) -> bool {
+        self.mechanism == PopMechanism::Mtls && self.required
+    }
 }
 
 /// A compiled `issuer` (or `issuers[i]`).
@@ -231,20 +251,10 @@ impl CompiledPolicy {
             .resource
             .as_ref()
             .and_then(|r| compile_resource(r, issuers.as_deref(), &rules, &mut errors));
-        let proof_of_possession = spec
-            .proof_of_possession
-            .and_then(|pop| match pop.mechanism {
-                PopMechanism::Dpop => Some(ProofOfPossession {
-                    required: pop.required,
-                }),
-                PopMechanism::Mtls => {
-                    errors.add(
-                        "spec.proofOfPossession.mechanism",
-                        "mtls is not supported yet; use dpop",
-                    );
-                    None
-                }
-            });
+        let proof_of_possession = spec.proof_of_possession.map(|pop| ProofOfPossession {
+            mechanism: pop.mechanism,
+            required: pop.required,
+        });
         match (errors.0.is_empty(), issuers) {
             (true, Some(issuers)) => Ok(CompiledPolicy {
                 id,

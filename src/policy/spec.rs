@@ -283,8 +283,8 @@ pub struct ProofOfPossessionSpec {
 pub enum PopMechanism {
     /// RFC 9449 DPoP proofs (`cnf.jkt`).
     Dpop,
-    /// RFC 8705 mutual-TLS certificate binding (`cnf.x5t#S256`); not
-    /// supported yet: refused when the policy compiles.
+    /// RFC 8705 mutual-TLS certificate binding (`cnf.x5t#S256`) against
+    /// the client certificate Envoy forwards (`include_peer_certificate`).
     Mtls,
 }
 

@@ -243,31 +243,27 @@ fn spec_with_pop(pop: serde_json::Value) -> TokenPolicySpec {
 }
 
 #[test]
-fn dpop_proof_of_possession_compiles_into_the_policy() {
-    let required = serde_json::json!({"mechanism": "dpop", "required": true});
-    let policy = CompiledPolicy::compile("ns/p".into(), &spec_with_pop(required)).unwrap();
-    assert_eq!(
-        policy.proof_of_possession,
-        Some(ProofOfPossession { required: true })
-    );
-    let optional = serde_json::json!({"mechanism": "dpop"});
-    let policy = CompiledPolicy::compile("ns/p".into(), &spec_with_pop(optional)).unwrap();
-    assert_eq!(
-        policy.proof_of_possession,
-        Some(ProofOfPossession { required: false })
-    );
+fn proof_of_possession_compiles_into_the_policy() {
+    for (mechanism, name) in [(PopMechanism::Dpop, "dpop"), (PopMechanism::Mtls, "mtls")] {
+        let required = serde_json::json!({"mechanism": name, "required": true});
+        let policy = CompiledPolicy::compile("ns/p".into(), &spec_with_pop(required)).unwrap();
+        assert_eq!(
+            policy.proof_of_possession,
+            Some(ProofOfPossession {
+                mechanism,
+                required: true
+            })
+        );
+        let optional = serde_json::json!({"mechanism": name});
+        let policy = CompiledPolicy::compile("ns/p".into(), &spec_with_pop(optional)).unwrap();
+        assert_eq!(
+            policy.proof_of_possession,
+            Some(ProofOfPossession {
+                mechanism,
+                required: false
+            })
+        );
+    }
     let policy = CompiledPolicy::compile("ns/p".into(), &spec(&["a.example.com"])).unwrap();
     assert_eq!(policy.proof_of_possession, None);
-}
-
-#[test]
-fn mtls_proof_of_possession_is_refused_until_it_is_supported() {
-    let mtls = serde_json::json!({"mechanism": "mtls", "required": true});
-    let errors = CompiledPolicy::compile("ns/p".into(), &spec_with_pop(mtls)).unwrap_err();
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert_eq!(errors[0].field, "spec.proofOfPossession.mechanism");
-    assert!(
-        errors[0].message.contains("not supported yet"),
-        "{errors:?}"
-    );
 }

@@ -11,9 +11,9 @@
 //! * [`verify_certificate_binding`] — RFC 8705 `cnf.x5t#S256` against the
 //!   client certificate Envoy forwards.
 //!
-//! DPoP proofs and the replay store are wired into the Check by
-//! [`crate::authz::proof`]; mTLS binding and server nonces are not wired yet
-//! (see `docs/delegation.md`).
+//! DPoP proofs, the replay store and mTLS certificate binding are wired into
+//! the Check by [`crate::authz::proof`]; server nonces are not wired yet (see
+//! `docs/delegation.md`).
 //!
 //! ```text
 //! DPoP header ─► verify_proof(header, ProofContext{method, uri, ath, cnf.jkt, nonce}, now)

@@ -179,10 +179,27 @@ impl EcKey {
         iat: u64,
         access_token: Option<&str>,
     ) -> String {
+        self.dpop_proof_with_nonce(htm, htu, jti, iat, access_token, None)
+    }
+
+    /// [`Self::dpop_proof`] carrying the server `nonce` when given
+    /// (RFC 9449 §8).
+    pub fn dpop_proof_with_nonce(
+        &self,
+        htm: &str,
+        htu: &str,
+        jti: &str,
+        iat: u64,
+        access_token: Option<&str>,
+        nonce: Option<&str>,
+    ) -> String {
         let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.dpop_jwk()});
         let mut claims = json!({"jti": jti, "htm": htm, "htu": htu, "iat": iat});
         if let Some(token) = access_token {
             claims["ath"] = json!(scopegate::pop::sha256_base64url(token.as_bytes()));
+        }
+        if let Some(nonce) = nonce {
+            claims["nonce"] = json!(nonce);
         }
         self.sign_with_header(&header, &claims)
     }
