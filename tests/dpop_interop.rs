@@ -5,9 +5,6 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use scopegate::authz::RequestHeader;
@@ -29,25 +26,7 @@ struct NodeProofs {
 /// One key of `alg`, one proof per request (`htm`, `htu`, `accessToken`,
 /// `nonce`), from panva's `dpop`.
 fn node_proofs(alg: &str, requests: Value) -> NodeProofs {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let modules = root.join(".tools/node/node_modules/dpop");
-    assert!(
-        modules.exists(),
-        "{} not found: run .ci/install-tools.sh",
-        modules.display()
-    );
-    let input = json!({"alg": alg, "requests": requests});
-    let output = Command::new("node")
-        .arg(root.join("tests/dpop/proof.mjs"))
-        .arg(input.to_string())
-        .output()
-        .expect("node runs");
-    assert!(
-        output.status.success(),
-        "proof.mjs failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let answer = support::panva_proofs(json!({"alg": alg, "requests": requests}));
     NodeProofs {
         jkt: answer["jkt"].as_str().unwrap().to_string(),
         proofs: answer["proofs"]

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use axum::Router;
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
-use support::envoy::start_envoy;
+use support::envoy::{echo_upstream, start_envoy};
 use support::*;
 
 /// A child process killed on drop.
@@ -23,21 +23,6 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// An upstream that answers every request with its headers as JSON.
-async fn echo_upstream() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let router = Router::new().fallback(|headers: HeaderMap| async move {
-        let map: serde_json::Map<String, Value> = headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
-            .collect();
-        axum::Json(Value::Object(map))
-    });
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    port
 }
 
 #[tokio::test]

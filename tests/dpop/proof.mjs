@@ -15,10 +15,22 @@ const modules = process.env.SCOPEGATE_NODE_MODULES ?? join(here, '..', '..', '.t
 const dpop = await import(pathToFileURL(join(modules, 'dpop', 'build', 'index.js')).href)
 
 const input = JSON.parse(process.argv[2] ?? '{}')
-const keypair = await dpop.generateKeyPair(input.alg ?? 'ES256')
+// `privateJwk` (from an earlier run's output) re-uses that key, so that a
+// token can be bound to the key's thumbprint before its proofs are made.
+const keypair = input.privateJwk ? await importKeyPair(input.privateJwk) : await dpop.generateKeyPair(input.alg ?? 'ES256', { extractable: true })
 const proofs = []
 for (const request of input.requests ?? []) {
   proofs.push(await dpop.generateProof(keypair, request.htu, request.htm, request.nonce, request.accessToken))
 }
 const jkt = await dpop.calculateThumbprint(keypair.publicKey)
-process.stdout.write(JSON.stringify({ jkt, proofs }) + '\n')
+const privateJwk = await crypto.subtle.exportKey('jwk', keypair.privateKey)
+process.stdout.write(JSON.stringify({ jkt, proofs, privateJwk }) + '\n')
+
+/** An ES256 key pair from its private JWK (the public half without `d`). */
+async function importKeyPair (jwk) {
+  const algorithm = { name: 'ECDSA', namedCurve: jwk.crv }
+  const { d, ...publicJwk } = jwk
+  const privateKey = await crypto.subtle.importKey('jwk', jwk, algorithm, true, ['sign'])
+  const publicKey = await crypto.subtle.importKey('jwk', { ...publicJwk, key_ops: ['verify'] }, algorithm, true, ['verify'])
+  return { privateKey, publicKey }
+}

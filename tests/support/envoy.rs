@@ -180,3 +180,19 @@ typed_config:
 pub fn json_to_yaml(value: serde_json::Value) -> serde_yaml_ng::Value {
     serde_yaml_ng::to_value(value).unwrap()
 }
+
+/// An upstream that answers every request with its headers as JSON.
+pub async fn echo_upstream() -> u16 {
+    use axum::http::HeaderMap;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let router = axum::Router::new().fallback(|headers: HeaderMap| async move {
+        let map: serde_json::Map<String, serde_json::Value> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or(""))))
+            .collect();
+        axum::Json(serde_json::Value::Object(map))
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    port
+}

@@ -746,6 +746,30 @@ pub fn check_request_raw(
     request
 }
 
+/// Runs `tests/dpop/proof.mjs` (panva's `dpop` package, installed by
+/// `.ci/install-tools.sh`) with `input` and returns its JSON answer: `jkt`,
+/// `proofs` and `privateJwk` (pass it back to re-use the key).
+pub fn panva_proofs(input: Value) -> Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let modules = root.join(".tools/node/node_modules/dpop");
+    assert!(
+        modules.exists(),
+        "{} not found: run .ci/install-tools.sh",
+        modules.display()
+    );
+    let output = std::process::Command::new("node")
+        .arg(root.join("tests/dpop/proof.mjs"))
+        .arg(input.to_string())
+        .output()
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "proof.mjs failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// A CheckResponse with assertion helpers.
 #[derive(Debug)]
 pub struct Checked(pub CheckResponse);
