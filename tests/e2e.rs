@@ -9,8 +9,6 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use axum::Router;
-use axum::http::HeaderMap;
 use serde_json::{Value, json};
 use support::envoy::{echo_upstream, start_envoy};
 use support::*;
