@@ -379,3 +379,40 @@ async fn without_a_nonce_secret_proofs_need_no_nonce() {
     assert_eq!(checked.http_status(), 200, "{:?}", checked.0);
     assert_eq!(checked.header("dpop-nonce"), None);
 }
+
+/// With TLS ended before Envoy, the Check sees `http` and an internal host,
+/// while the client's proof names the public URL: a policy with `resource`
+/// takes `htu`'s origin from `resource.id` (DESIGN §6).
+#[tokio::test]
+async fn with_a_resource_htu_uses_the_public_origin_of_its_id() {
+    let jwks = support::JwksServer::start(vec![KEY_A.jwk()]).await;
+    let resource = format!("  resource: {{id: \"{}\"}}\n", support::AUDIENCE);
+    for (extra, expected) in [(resource.as_str(), 200), ("", 401)] {
+        let sg = Scopegate::start(&policy(&jwks, extra)).await;
+        let key = EcKey::generate("dpop");
+        let token = token(&jwks.issuer(), Some(&key));
+        let proof = proof(&key, &token); // htu: the public https://orders.example.com/orders
+        let auth = format!("DPoP {token}");
+        let mut request = support::check_request(
+            "api.orders.internal:8080",
+            "GET",
+            "/orders",
+            &[("authorization", &auth), ("dpop", &proof)],
+            Default::default(),
+        );
+        let http = request
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .unwrap();
+        http.scheme = "http".into();
+        let checked = sg.send(request).await;
+        assert_eq!(
+            checked.http_status(),
+            expected,
+            "resource: {}",
+            !extra.is_empty()
+        );
+    }
+}

@@ -153,6 +153,7 @@ impl CheckService {
                 method: &http.method,
                 path: &http.path,
                 proof: request_header(http, "dpop"),
+                public_origin: served.policy.resource.as_ref().map(|r| r.origin()),
                 certificate: attributes
                     .source
                     .as_ref()

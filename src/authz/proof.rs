@@ -57,6 +57,11 @@ pub struct ProofRequest<'a> {
     pub path: &'a str,
     /// The `DPoP` request header.
     pub proof: RequestHeader<'a>,
+    /// The public origin (`scheme://authority`) requests are addressed to,
+    /// when the policy's `resource.id` names one: with TLS terminated before
+    /// Envoy, the scheme and host Envoy sees are not what clients put in
+    /// `htu`.
+    pub public_origin: Option<&'a str>,
     /// The client certificate of the TLS connection as Envoy forwards it
     /// (`attributes.source.certificate`: URL-encoded PEM, empty when there
     /// is none or the filter lacks `include_peer_certificate`).
@@ -199,8 +204,11 @@ async fn check_dpop(
         }
         (_, None) | (Credentials::None, Some(_)) => return Ok(()),
     };
-    let uri = NormalizedUri::from_request(request.scheme, request.authority, request.path)
-        .map_err(ProofError::RequestUri)?;
+    let uri = match request.public_origin {
+        Some(origin) => NormalizedUri::parse(&format!("{origin}{}", request.path)),
+        None => NormalizedUri::from_request(request.scheme, request.authority, request.path),
+    }
+    .map_err(ProofError::RequestUri)?;
     let mut context = ProofContext::new(request.method, &uri).with_access_token(access_token, jkt);
     if let Some(issuer) = &stage.nonces {
         context = context.with_nonce(issuer.as_ref());

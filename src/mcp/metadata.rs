@@ -231,6 +231,13 @@ impl ProtectedResource {
         paths
     }
 
+    /// The origin of `id` (`https://mcp.example.com`): the public origin of
+    /// the resource, also where DPoP proofs' `htu` point when TLS ends
+    /// before Envoy.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
     /// The absolute URL of the document on the id's origin, in the RFC 9728
     /// §3.1 form: the value of a challenge's `resource_metadata`. It is on
     /// the id's origin (not the request's host) because MCP clients accept
