@@ -139,40 +139,33 @@ case "$mcp_v" in
 esac
 echo "@modelcontextprotocol/sdk $mcp_v: $NODE_PREFIX/node_modules/@modelcontextprotocol/sdk"
 
-# --- promtool --------------------------------------------------------------
-# Prometheus' rule engine, for the alert tests (tests/alerts.rs). Debian's
-# package; its postinst does not start the server in a container (and we
-# never use it).
-if ! command -v promtool >/dev/null 2>&1; then
-  log "installing Debian's prometheus (for promtool)"
+# --- Debian packages ---------------------------------------------------------
+# Installs PACKAGE with apt unless COMMAND is already on PATH. A policy-rc.d
+# that refuses every start keeps apt from launching the package's service
+# where an init system would (tests start what they need themselves).
+apt_install_if_missing() {
+  local command="$1" package="$2"
+  command -v "$command" >/dev/null 2>&1 && return 0
+  log "installing Debian's $package (its service is not started)"
   export DEBIAN_FRONTEND=noninteractive
-  if ! apt-cache policy prometheus 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+  if ! apt-cache policy "$package" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
     "${NICE[@]}" apt-get update -qq >&2
   fi
-  "${NICE[@]}" apt-get install -y -qq --no-install-recommends prometheus >&2
-fi
-echo "promtool: $(command -v promtool)"
-
-# --- redis-server ------------------------------------------------------------
-# The shared DPoP replay store, for tests/dpop_store.rs (each test starts its
-# own server on a free loopback port). Debian's package; a policy-rc.d that
-# refuses every start keeps apt from launching the service where an init
-# system would.
-if ! command -v redis-server >/dev/null 2>&1; then
-  log "installing Debian's redis-server (the service is not started)"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! apt-cache policy redis-server 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-    "${NICE[@]}" apt-get update -qq >&2
-  fi
-  policy_rc_d=/usr/sbin/policy-rc.d
-  own_policy=0
+  local policy_rc_d=/usr/sbin/policy-rc.d own_policy=0 status=0
   if [ ! -e "$policy_rc_d" ]; then
     printf '#!/bin/sh\nexit 101\n' >"$policy_rc_d"
     chmod +x "$policy_rc_d"
     own_policy=1
   fi
-  "${NICE[@]}" apt-get install -y -qq --no-install-recommends redis-server >&2 || {
-    [ "$own_policy" = 1 ] && rm -f "$policy_rc_d"; exit 1; }
-  [ "$own_policy" = 1 ] && rm -f "$policy_rc_d"
-fi
+  "${NICE[@]}" apt-get install -y -qq --no-install-recommends "$package" >&2 || status=$?
+  if [ "$own_policy" = 1 ]; then rm -f "$policy_rc_d"; fi
+  return "$status"
+}
+
+# promtool: Prometheus' rule engine, for the alert tests (tests/alerts.rs).
+apt_install_if_missing promtool prometheus
+echo "promtool: $(command -v promtool)"
+# redis-server: the shared DPoP replay store (tests/dpop_store.rs,
+# tests/dpop.rs; each test starts its own server on a free loopback port).
+apt_install_if_missing redis-server redis-server
 echo "redis-server: $(command -v redis-server)"
