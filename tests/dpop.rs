@@ -400,13 +400,7 @@ async fn with_a_resource_htu_uses_the_public_origin_of_its_id() {
             &[("authorization", &auth), ("dpop", &proof)],
             Default::default(),
         );
-        let http = request
-            .attributes
-            .as_mut()
-            .and_then(|a| a.request.as_mut())
-            .and_then(|r| r.http.as_mut())
-            .unwrap();
-        http.scheme = "http".into();
+        support::http_of(&mut request).scheme = "http".into();
         let checked = sg.send(request).await;
         assert_eq!(
             checked.http_status(),

@@ -67,13 +67,7 @@ fn rpc_bytes(
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
     let mut request = check_request("mcp.example.com", "POST", "/mcp", &headers, HashMap::new());
-    let http = request
-        .attributes
-        .as_mut()
-        .and_then(|a| a.request.as_mut())
-        .and_then(|r| r.http.as_mut())
-        .expect("check_request builds HTTP attributes");
-    http.raw_body = body;
+    http_of(&mut request).raw_body = body;
     request
 }
 

@@ -151,26 +151,22 @@ impl Denial {
     }
 
     fn invalid_request(error: CredentialsError) -> Self {
-        Denial {
-            status: 401,
-            error: Some("invalid_request"),
-            description: error.to_string().into(),
-            missing_scopes: None,
-            rule_scopes: Box::default(),
-            reason: error.label(),
-            rule: None,
-            dpop: false,
-        }
+        Denial::unauthorized("invalid_request", error.label(), error.to_string())
     }
 
     fn invalid_token(error: &TokenError) -> Self {
+        Denial::unauthorized("invalid_token", error.label(), error.to_string())
+    }
+
+    /// A 401 with this RFC 6750 error code.
+    fn unauthorized(error: &'static str, reason: &'static str, description: String) -> Self {
         Denial {
             status: 401,
-            error: Some("invalid_token"),
-            description: error.to_string().into(),
+            error: Some(error),
+            description: description.into(),
             missing_scopes: None,
             rule_scopes: Box::default(),
-            reason: error.label(),
+            reason,
             rule: None,
             dpop: false,
         }

@@ -717,6 +717,16 @@ pub fn check_request(
     }
 }
 
+/// The HTTP attributes of a request built by [`check_request`], to edit.
+pub fn http_of(request: &mut CheckRequest) -> &mut attribute_context::HttpRequest {
+    request
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .expect("check_request builds HTTP attributes")
+}
+
 /// A CheckRequest whose headers come only in the raw `header_map` (as
 /// Envoy sends them with `encode_raw_headers`), repeated names kept.
 pub fn check_request_raw(
@@ -727,13 +737,7 @@ pub fn check_request_raw(
 ) -> CheckRequest {
     use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
     let mut request = check_request(host, method, path, &[], HashMap::new());
-    let http = request
-        .attributes
-        .as_mut()
-        .and_then(|a| a.request.as_mut())
-        .and_then(|r| r.http.as_mut())
-        .expect("check_request builds HTTP attributes");
-    http.header_map = Some(HeaderMap {
+    http_of(&mut request).header_map = Some(HeaderMap {
         headers: headers
             .iter()
             .map(|(key, value)| HeaderValue {
