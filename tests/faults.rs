@@ -151,14 +151,13 @@ async fn no_false_allow_and_full_recovery_through_jwks_and_policy_faults_under_l
     jwks.set_keys(vec![KEY_A.jwk()]);
     let rejections = |log: &str| log.matches("keeping the last good policies").count();
     let before = rejections(&sg.log_text());
-    std::fs::write(
+    replace_file(
         &policy_file,
-        good_policy.replace(
+        &good_policy.replace(
             r#"algorithms: ["RS256", "ES256", "EdDSA"]"#,
             r#"algorithms: ["none"]"#,
         ),
-    )
-    .unwrap();
+    );
     eventually("the invalid edit was rejected", || async {
         rejections(&sg.log_text()) > before
     })
@@ -166,7 +165,7 @@ async fn no_false_allow_and_full_recovery_through_jwks_and_policy_faults_under_l
     hold(&load, "policy-invalid", KEY_A_ONLY, KEY_A_ONLY).await;
 
     // (e) rotation: key-a is retired, key-b published.
-    std::fs::write(&policy_file, &good_policy).unwrap();
+    replace_file(&policy_file, &good_policy);
     jwks.set_keys(vec![KEY_B.jwk()]);
     eventually("key-b is picked up and key-a dropped", || async {
         status_of(&token_b).await == 200 && status_of(&token_a).await == 401
@@ -212,4 +211,12 @@ async fn no_false_allow_and_full_recovery_through_jwks_and_policy_faults_under_l
         end.rss_bytes <= warm.rss_bytes + 64.0 * 1024.0 * 1024.0,
         "memory grew by more than 64 MiB: {warm} → {end}"
     );
+}
+
+/// Replaces `path` atomically (write a sibling, then rename), as editors and
+/// ConfigMap updates do: a reload never reads a half-written file.
+fn replace_file(path: &std::path::Path, contents: &str) {
+    let staged = path.with_extension("yaml.tmp");
+    std::fs::write(&staged, contents).unwrap();
+    std::fs::rename(&staged, path).unwrap();
 }
