@@ -6,6 +6,7 @@
 use super::token_cache::PreparedToken;
 use crate::mcp::glob_matches;
 use crate::policy::ActorRule;
+use crate::token::ReadClaims as _;
 
 /// Why the delegation does not satisfy the rule (403 `access_denied`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

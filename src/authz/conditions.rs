@@ -10,6 +10,7 @@ use super::decision::HttpAttributes;
 use super::token_cache::PreparedToken;
 use crate::policy::conditions::{self, Bindings, ConditionFailure, Uses};
 use crate::policy::{CompiledRule, RequestPath};
+use crate::token::ReadClaims as _;
 
 /// Whether every condition of `rule` holds for this request and token.
 pub fn check(
@@ -66,7 +67,7 @@ fn request_value(
 /// `token`: `scopes` (a list) and `client` (`azp`, else `client_id`; null
 /// without either).
 fn token_value(token: &PreparedToken) -> Value {
-    let scopes: Vec<Value> = token.scopes().iter().map(|s| Value::from(&**s)).collect();
+    let scopes: Vec<Value> = token.scopes().map(Value::from).collect();
     let client = token.client_id().map_or(Value::Null, Value::from);
     Value::Map(Map::from(HashMap::from([
         (Key::from("scopes"), Value::List(scopes.into())),
@@ -78,7 +79,7 @@ fn token_value(token: &PreparedToken) -> Value {
 /// actor's claims (without its own nested `act`).
 fn actor_value(token: &PreparedToken) -> Value {
     let mut chain = Vec::new();
-    let mut next = token.claims().get("act");
+    let mut next = token.top_level_claim("act");
     while let Some(serde_json::Value::Object(actor)) = next {
         let mut entry = actor.clone();
         entry.remove("act");

@@ -1,6 +1,7 @@
 //! What a Check decides: the pure policy logic between a parsed request and
 //! an allow or a deny. Building the wire response is [`super::response`]'s job.
 
+use crate::token::ReadClaims as _;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -339,7 +340,7 @@ pub async fn verify(
     token: &str,
 ) -> Result<Arc<PreparedToken>, Denial> {
     let now = unix_now();
-    if let Some(cached) = cache.get(token, &served.issuers, now) {
+    if let Some(cached) = cache.get(token, &served.issuers, &served.claims, now) {
         return Ok(cached);
     }
     let policy = &served.policy;
@@ -368,10 +369,10 @@ pub async fn verify(
     let verified = unverified
         .verify(key, issuer, now)
         .map_err(|e| Denial::invalid_token(&e))?;
-    let prepared = Arc::new(PreparedToken::new(verified, &policy.scope_claims));
+    let verification = served_issuer.verification.clone();
+    let prepared = Arc::new(PreparedToken::new(verified, verification, &served.claims));
     if let Some(binding) = binding {
-        let verification = served_issuer.verification.clone();
-        cache.insert(token, prepared.clone(), verification, binding, now);
+        cache.insert(token, prepared.clone(), binding, now);
     }
     Ok(prepared)
 }

@@ -49,7 +49,7 @@ use crate::mcp::McpBody;
 use crate::metrics::{self, DecisionLabel};
 use crate::policy::{ServedPolicy, SnapshotHandle, normalize_host};
 use crate::pop::{InMemoryReplayStore, NonceIssuer, ReplayStore};
-use crate::token::unix_now;
+use crate::token::{ReadClaims as _, unix_now};
 
 /// The ext_authz service: answers Checks from the current policy snapshot.
 #[derive(Clone)]
@@ -319,7 +319,7 @@ impl<'a> Outcome<'a> {
             span.record("rule", self.rule);
             span.record("decision", self.decision.as_str());
             span.record("reason", self.reason);
-            let issuer = self.token.and_then(|t| t.string_claim("iss"));
+            let issuer = self.token.map(|t| t.issuer());
             span.record("issuer", issuer);
             span.record("azp", azp);
             if let Some(actor) = self.actor() {

@@ -42,7 +42,8 @@ impl ProofStage {
         self.nonces.as_ref().map(|issuer| issuer.issue(now))
     }
 }
-use crate::token::VerifiedToken;
+use super::token_cache::PreparedToken;
+use crate::token::ReadClaims as _;
 
 /// The parts of the request a proof is checked against.
 #[derive(Debug, Clone, Copy)]
@@ -155,7 +156,7 @@ impl ProofError {
 pub async fn check(
     pop: Option<ProofOfPossession>,
     presented: Credentials<'_>,
-    token: &VerifiedToken,
+    token: &PreparedToken,
     request: &ProofRequest<'_>,
     stage: &ProofStage,
     now: u64,
@@ -170,7 +171,7 @@ pub async fn check(
 /// matches no certificate.
 fn check_certificate(
     pop: Option<ProofOfPossession>,
-    token: &VerifiedToken,
+    token: &PreparedToken,
     certificate: &str,
 ) -> Result<(), ProofError> {
     match token.claim("/cnf/x5t#S256") {
@@ -189,7 +190,7 @@ fn check_certificate(
 async fn check_dpop(
     pop: Option<ProofOfPossession>,
     presented: Credentials<'_>,
-    token: &VerifiedToken,
+    token: &PreparedToken,
     request: &ProofRequest<'_>,
     stage: &ProofStage,
     now: u64,

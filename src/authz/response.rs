@@ -1,5 +1,6 @@
 //! [`Decision`](super::Decision) → Envoy `CheckResponse`.
 
+use crate::token::ReadClaims as _;
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;

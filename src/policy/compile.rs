@@ -11,7 +11,7 @@ use super::spec::{
 };
 use crate::jwks::JwksSource;
 use crate::mcp::{McpMatcher, ProtectedResource};
-use crate::token::{Algorithm, AlgorithmSet, IssuerRules};
+use crate::token::{Algorithm, AlgorithmSet, ClaimSelection, IssuerRules, top_level_name};
 
 /// A policy's identity: `namespace/name`.
 pub type PolicyId = Arc<str>;
@@ -90,6 +90,31 @@ impl CompiledPolicy {
         }
         let iss = iss()?;
         self.issuers.iter().position(|i| *i.rules.issuer == *iss)
+    }
+
+    /// The claims its Checks can read: the claim headers' claims, the
+    /// claims its conditions name (all, if one reads `claims` as a whole)
+    /// and [`ClaimSelection::ALWAYS`].
+    pub fn claim_selection(&self) -> ClaimSelection {
+        let conditions = self.rules.iter().flat_map(|rule| rule.conditions.iter());
+        let mut condition_claims = Vec::new();
+        for condition in conditions {
+            match condition.claim_names() {
+                Some(names) => condition_claims.extend(names.iter().map(|n| &**n)),
+                None => return ClaimSelection::all(),
+            }
+        }
+        let header_claims: Vec<_> = self
+            .claim_headers
+            .iter()
+            .map(|h| top_level_name(&h.claim))
+            .collect();
+        ClaimSelection::of(
+            header_claims
+                .iter()
+                .map(|name| &**name)
+                .chain(condition_claims),
+        )
     }
 
     /// The union of the issuers' algorithms (what a token's header may name

@@ -16,7 +16,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
 use cel::{Context, Env, Program, Value};
 
 /// The variables a condition may use.
@@ -30,6 +30,9 @@ pub struct Condition {
     source: Box<str>,
     program: Program,
     uses: Uses,
+    /// The top-level claims it reads; `None` when it reads `claims` as a
+    /// whole (`size(claims)`, `claims.exists(…)`, `claims[x]`).
+    claim_names: Option<Box<[Box<str>]>>,
 }
 
 /// Which variables (and which costly parts of them) a condition reads, so
@@ -90,8 +93,7 @@ impl Condition {
                 .trim_start_matches("ERROR: ")
                 .replace("<input>:", "at line:column ")
         })?;
-        let mut free = Vec::new();
-        free_variables(program.expression(), &mut Vec::new(), &mut free);
+        let free = free_variables(program.expression());
         if let Some(unknown) = free.iter().find(|v| !VARIABLES.contains(&v.as_str())) {
             return Err(format!(
                 "unknown variable `{unknown}`: a condition can use {}",
@@ -105,10 +107,13 @@ impl Condition {
             token: free.iter().any(|v| v == "token"),
             actor: free.iter().any(|v| v == "actor"),
         };
+        let mut claim_names = Some(Vec::new());
+        claims_read(program.expression(), &mut claim_names);
         Ok(Condition {
             source: source.into(),
             program,
             uses,
+            claim_names: claim_names.map(Vec::into_boxed_slice),
         })
     }
 
@@ -121,41 +126,92 @@ impl Condition {
     pub fn uses(&self) -> Uses {
         self.uses
     }
+
+    /// The top-level claims it reads (`claims.sub`, `has(claims.org)`,
+    /// `claims["https://example.com/org"]`); `None` when it reads `claims`
+    /// in a way that can reach any claim.
+    pub fn claim_names(&self) -> Option<&[Box<str>]> {
+        self.claim_names.as_deref()
+    }
+}
+
+/// Collects into `names` the claims `expr` reads by a constant name;
+/// any other use of the free variable `claims` makes it `None` (all).
+fn claims_read(expr: &IdedExpr, names: &mut Option<Vec<Box<str>>>) {
+    let is_claims = |e: &IdedExpr, bound: &[String]| matches!(&e.expr, Expr::Ident(n) if n == "claims" && !bound.iter().any(|b| b == n));
+    walk(expr, &mut Vec::new(), &mut |expr, bound| {
+        let constant_name = match &expr.expr {
+            Expr::Ident(_) if is_claims(expr, bound) => {
+                *names = None;
+                return false;
+            }
+            Expr::Select(select) if is_claims(&select.operand, bound) => select.field.as_str(),
+            Expr::Call(call)
+                if call.func_name == cel::common::ast::operators::INDEX
+                    && call.args.len() == 2
+                    && is_claims(&call.args[0], bound) =>
+            {
+                match &call.args[1].expr {
+                    Expr::Literal(LiteralValue::String(name)) => name.inner(),
+                    // `claims[x]`: any claim.
+                    _ => return true,
+                }
+            }
+            _ => return true,
+        };
+        if let Some(names) = names {
+            names.push(constant_name.into());
+        }
+        false
+    });
 }
 
 /// The variables of `expr` not bound by an enclosing comprehension
 /// (`exists(d, …)` binds `d`).
-fn free_variables(expr: &IdedExpr, bound: &mut Vec<String>, free: &mut Vec<String>) {
-    match &expr.expr {
-        Expr::Ident(name) => {
-            if !bound.contains(name) && !free.contains(name) {
-                free.push(name.clone());
-            }
+fn free_variables(expr: &IdedExpr) -> Vec<String> {
+    let mut free = Vec::new();
+    walk(expr, &mut Vec::new(), &mut |expr, bound| {
+        if let Expr::Ident(name) = &expr.expr
+            && !bound.contains(name)
+            && !free.contains(name)
+        {
+            free.push(name.clone());
         }
-        Expr::Select(select) => free_variables(&select.operand, bound, free),
+        true
+    });
+    free
+}
+
+/// Calls `visit` on `expr` with the names enclosing comprehensions bind,
+/// then on its children unless `visit` returns false.
+fn walk(
+    expr: &IdedExpr,
+    bound: &mut Vec<String>,
+    visit: &mut impl FnMut(&IdedExpr, &[String]) -> bool,
+) {
+    if !visit(expr, bound) {
+        return;
+    }
+    match &expr.expr {
+        Expr::Select(select) => walk(&select.operand, bound, visit),
         Expr::Call(call) => {
             if let Some(target) = &call.target {
-                free_variables(target, bound, free);
+                walk(target, bound, visit);
             }
-            call.args
-                .iter()
-                .for_each(|arg| free_variables(arg, bound, free));
+            call.args.iter().for_each(|arg| walk(arg, bound, visit));
         }
-        Expr::List(list) => list
-            .elements
-            .iter()
-            .for_each(|e| free_variables(e, bound, free)),
+        Expr::List(list) => list.elements.iter().for_each(|e| walk(e, bound, visit)),
         Expr::Map(map) => map
             .entries
             .iter()
-            .for_each(|e| entry_variables(&e.expr, bound, free)),
+            .for_each(|e| walk_entry(&e.expr, bound, visit)),
         Expr::Struct(object) => object
             .entries
             .iter()
-            .for_each(|e| entry_variables(&e.expr, bound, free)),
+            .for_each(|e| walk_entry(&e.expr, bound, visit)),
         Expr::Comprehension(comprehension) => {
-            free_variables(&comprehension.iter_range, bound, free);
-            free_variables(&comprehension.accu_init, bound, free);
+            walk(&comprehension.iter_range, bound, visit);
+            walk(&comprehension.accu_init, bound, visit);
             let scope = bound.len();
             bound.push(comprehension.iter_var.clone());
             bound.extend(comprehension.iter_var2.clone());
@@ -165,20 +221,24 @@ fn free_variables(expr: &IdedExpr, bound: &mut Vec<String>, free: &mut Vec<Strin
                 &comprehension.loop_step,
                 &comprehension.result,
             ] {
-                free_variables(part, bound, free);
+                walk(part, bound, visit);
             }
             bound.truncate(scope);
         }
-        Expr::Literal(_) | Expr::Unspecified => {}
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
     }
 }
 
-fn entry_variables(entry: &EntryExpr, bound: &mut Vec<String>, free: &mut Vec<String>) {
+fn walk_entry(
+    entry: &EntryExpr,
+    bound: &mut Vec<String>,
+    visit: &mut impl FnMut(&IdedExpr, &[String]) -> bool,
+) {
     match entry {
-        EntryExpr::StructField(field) => free_variables(&field.value, bound, free),
+        EntryExpr::StructField(field) => walk(&field.value, bound, visit),
         EntryExpr::MapEntry(entry) => {
-            free_variables(&entry.key, bound, free);
-            free_variables(&entry.value, bound, free);
+            walk(&entry.key, bound, visit);
+            walk(&entry.value, bound, visit);
         }
     }
 }
@@ -279,6 +339,40 @@ mod tests {
             claims: Some(to_cel(&claims)),
             request: Some(to_cel(&request)),
             ..Bindings::default()
+        }
+    }
+
+    #[test]
+    fn a_condition_names_the_claims_it_reads_or_reads_them_all() {
+        let names = |source: &str| {
+            Condition::compile(source)
+                .unwrap()
+                .claim_names()
+                .map(|names| names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            names("claims.sub == request.params.user && has(claims.org)"),
+            Some(vec!["sub".into(), "org".into()])
+        );
+        assert_eq!(
+            names(r#"claims["https://example.com/org"].id == "acme""#),
+            Some(vec!["https://example.com/org".into()])
+        );
+        assert_eq!(
+            names("claims.authorization_details.exists(d, d.type == 'payment')"),
+            Some(vec!["authorization_details".into()])
+        );
+        assert_eq!(
+            names("token.scopes.exists(claims, claims == 'a')"),
+            Some(vec![])
+        );
+        for reads_all in [
+            "size(claims) > 2",
+            "claims.exists(name, name == 'org')",
+            "'org' in claims",
+            "claims[request.params.name] == 'x'",
+        ] {
+            assert_eq!(names(reads_all), None, "{reads_all}");
         }
     }
 

@@ -145,7 +145,7 @@ impl FromStr for Algorithm {
 }
 
 /// A set of algorithms, as a bit mask: membership is one AND.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct AlgorithmSet(u16);
 
 impl AlgorithmSet {

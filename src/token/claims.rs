@@ -1,6 +1,7 @@
 //! Registered-claim validation and the claims of a verified token.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -90,45 +91,210 @@ impl VerifiedToken {
         &self.claims
     }
 
-    /// A claim by top-level name, or by RFC 6901 JSON pointer when `path`
-    /// starts with `/` (`/act/sub`, `/https:~1~1example.com~1org/id`).
-    pub fn claim(&self, path: &str) -> Option<&Value> {
-        let Some(pointer) = path.strip_prefix('/') else {
-            return self.claims.get(path);
-        };
-        let (first, rest) = match pointer.find('/') {
-            Some(i) => (&pointer[..i], &pointer[i..]),
-            None => (pointer, ""),
-        };
-        let first = if first.contains('~') {
-            Cow::Owned(first.replace("~1", "/").replace("~0", "~"))
-        } else {
-            Cow::Borrowed(first)
-        };
-        self.claims.get(&*first)?.pointer(rest)
-    }
-
-    /// Heap bytes the parsed claims hold (an estimate of serde_json's
-    /// layout: each map entry's key and value, each string's bytes).
-    pub fn heap_bytes(&self) -> usize {
-        map_bytes(&self.claims)
-    }
-
     /// `exp`, in seconds since the Unix epoch.
     pub fn expires_at(&self) -> u64 {
         self.expires_at
     }
 
+    /// The union of the scopes in `scope_claims`: a string claim is split on
+    /// spaces, an array claim contributes its string elements.
+    pub fn scopes(&self, scope_claims: &[Box<str>]) -> Scopes<'_> {
+        let mut scopes = Vec::new();
+        for name in scope_claims {
+            match self.claims.get(&**name) {
+                Some(Value::String(s)) => scopes.extend(s.split_ascii_whitespace()),
+                Some(Value::Array(items)) => scopes.extend(items.iter().filter_map(Value::as_str)),
+                _ => {}
+            }
+        }
+        scopes.sort_unstable();
+        scopes.dedup();
+        Scopes(scopes)
+    }
+
+    /// Keeps only the claims `selection` names: what a cached token needs.
+    pub fn retain(self, selection: &Arc<ClaimSelection>) -> RetainedClaims {
+        if selection.all {
+            return RetainedClaims::All(
+                self.claims
+                    .into_iter()
+                    .map(|(name, value)| (name.into_boxed_str(), value))
+                    .collect(),
+            );
+        }
+        let mut claims = self.claims;
+        let values = selection
+            .names
+            .iter()
+            .map(|name| claims.remove(&**name))
+            .collect();
+        RetainedClaims::Selected {
+            selection: selection.clone(),
+            values,
+        }
+    }
+}
+
+impl ReadClaims for VerifiedToken {
+    fn top_level_claim(&self, name: &str) -> Option<&Value> {
+        self.claims.get(name)
+    }
+}
+
+/// Which top-level claims a cached token keeps: every claim a policy's
+/// Check can read (its claim headers, its conditions, and what every Check
+/// reads: `sub`, `azp`, `client_id`, `act`, `cnf`), or all of them when a
+/// condition reads `claims` as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ClaimSelection {
+    all: bool,
+    /// Sorted and deduplicated.
+    names: Box<[Box<str>]>,
+}
+
+impl ClaimSelection {
+    /// The claims every Check may read, whatever the policy.
+    pub const ALWAYS: [&str; 5] = ["act", "azp", "client_id", "cnf", "sub"];
+
+    /// Every claim.
+    pub fn all() -> Self {
+        ClaimSelection {
+            all: true,
+            names: Box::default(),
+        }
+    }
+
+    /// [`ClaimSelection::ALWAYS`] and `names`.
+    pub fn of<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut names: Vec<Box<str>> = Self::ALWAYS
+            .into_iter()
+            .chain(names)
+            .map(Box::from)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        ClaimSelection {
+            all: false,
+            names: names.into(),
+        }
+    }
+
+    /// Whether every claim is kept.
+    pub fn keeps_all(&self) -> bool {
+        self.all
+    }
+
+    /// Whether a token retained with `self` has every claim `other` keeps.
+    pub fn covers(&self, other: &ClaimSelection) -> bool {
+        self.all
+            || (!other.all
+                && other
+                    .names
+                    .iter()
+                    .all(|name| self.names.binary_search(name).is_ok()))
+    }
+}
+
+/// The claims a cached token keeps ([`VerifiedToken::retain`]).
+#[derive(Debug)]
+pub enum RetainedClaims {
+    /// The selection's claims, by the selection's position (`None`: absent).
+    Selected {
+        /// What was kept.
+        selection: Arc<ClaimSelection>,
+        /// One per name of the selection.
+        values: Box<[Option<Value>]>,
+    },
+    /// Every claim, sorted by name.
+    All(Box<[(Box<str>, Value)]>),
+}
+
+impl RetainedClaims {
+    /// Whether these claims have everything `wanted` keeps.
+    pub fn cover(&self, wanted: &ClaimSelection) -> bool {
+        match self {
+            RetainedClaims::All(_) => true,
+            RetainedClaims::Selected { selection, .. } => selection.covers(wanted),
+        }
+    }
+
+    /// The claims, as name and value.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (&str, &Value)> + '_> {
+        match self {
+            RetainedClaims::Selected { selection, values } => Box::new(
+                selection
+                    .names
+                    .iter()
+                    .zip(values.iter())
+                    .filter_map(|(name, value)| Some((&**name, value.as_ref()?))),
+            ),
+            RetainedClaims::All(claims) => {
+                Box::new(claims.iter().map(|(name, value)| (&**name, value)))
+            }
+        }
+    }
+
+    /// Heap bytes they hold (an estimate of serde_json's layout).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            RetainedClaims::Selected { values, .. } => values
+                .iter()
+                .map(|v| std::mem::size_of::<Option<Value>>() + v.as_ref().map_or(0, value_bytes))
+                .sum(),
+            RetainedClaims::All(claims) => claims
+                .iter()
+                .map(|(name, value)| {
+                    std::mem::size_of::<(Box<str>, Value)>() + name.len() + value_bytes(value)
+                })
+                .sum(),
+        }
+    }
+}
+
+impl ReadClaims for RetainedClaims {
+    fn top_level_claim(&self, name: &str) -> Option<&Value> {
+        match self {
+            RetainedClaims::Selected { selection, values } => {
+                let index = selection.names.binary_search_by(|n| (**n).cmp(name)).ok()?;
+                values[index].as_ref()
+            }
+            RetainedClaims::All(claims) => {
+                let index = claims.binary_search_by(|(n, _)| (**n).cmp(name)).ok()?;
+                Some(&claims[index].1)
+            }
+        }
+    }
+}
+
+/// Reading a token's claims, the same way for a token just verified (all
+/// its claims) and a cached one (the claims it kept).
+pub trait ReadClaims {
+    /// A top-level claim by name.
+    fn top_level_claim(&self, name: &str) -> Option<&Value>;
+
+    /// A claim by top-level name, or by RFC 6901 JSON pointer when `path`
+    /// starts with `/` (`/act/sub`, `/https:~1~1example.com~1org/id`).
+    fn claim(&self, path: &str) -> Option<&Value> {
+        let Some(pointer) = path.strip_prefix('/') else {
+            return self.top_level_claim(path);
+        };
+        let (first, rest) = match pointer.find('/') {
+            Some(i) => (&pointer[..i], &pointer[i..]),
+            None => (pointer, ""),
+        };
+        self.top_level_claim(&pointer_segment(first))?.pointer(rest)
+    }
+
     /// The string value of a claim, if it is a string.
-    pub fn string_claim(&self, name: &str) -> Option<&str> {
-        self.claims.get(name).and_then(Value::as_str)
+    fn string_claim(&self, name: &str) -> Option<&str> {
+        self.top_level_claim(name).and_then(Value::as_str)
     }
 
     /// The RFC 8693 `act` chain, outermost first: each actor's `sub` (an
     /// actor without a string `sub` is `""`).
-    pub fn actor_chain(&self) -> Vec<&str> {
+    fn actor_chain(&self) -> Vec<&str> {
         let mut chain = Vec::new();
-        let mut next = self.claims.get("act");
+        let mut next = self.top_level_claim("act");
         while let Some(Value::Object(actor)) = next {
             chain.push(actor.get("sub").and_then(Value::as_str).unwrap_or_default());
             next = actor.get("act");
@@ -137,12 +303,12 @@ impl VerifiedToken {
     }
 
     /// `sub`.
-    pub fn subject(&self) -> Option<&str> {
+    fn subject(&self) -> Option<&str> {
         self.string_claim("sub")
     }
 
     /// The OAuth client the token was issued to: `azp`, else `client_id`.
-    pub fn client_id(&self) -> Option<&str> {
+    fn client_id(&self) -> Option<&str> {
         self.string_claim("azp")
             .or_else(|| self.string_claim("client_id"))
     }
@@ -164,62 +330,54 @@ impl VerifiedToken {
     ///
     /// `claim` is a top-level claim name, or an RFC 6901 JSON pointer when
     /// it starts with `/` (`/act/sub`).
-    pub fn header_value(&self, claim: &str) -> Option<Cow<'_, str>> {
-        const MAX_HEADER_VALUE: usize = 4096;
-        let rendered: Cow<'_, str> = match self.claim(claim)? {
-            Value::String(s) => Cow::Borrowed(s),
-            Value::Number(n) => Cow::Owned(n.to_string()),
-            Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
-            Value::Array(items) => Cow::Owned(
-                items
-                    .iter()
-                    .map(|item| item.as_str().filter(|word| is_single_word(word)))
-                    .collect::<Option<Vec<_>>>()?
-                    .join(" "),
-            ),
-            Value::Null | Value::Object(_) => return None,
-        };
-        if rendered.chars().any(char::is_control) {
-            return None;
-        }
-        let value = if rendered.is_ascii() && !could_be_ext_value(&rendered) {
-            rendered
-        } else {
-            Cow::Owned(rfc8187_ext_value(&rendered))
-        };
-        (value.len() <= MAX_HEADER_VALUE).then_some(value)
-    }
-
-    /// The union of the scopes in `scope_claims`: a string claim is split on
-    /// spaces, an array claim contributes its string elements.
-    pub fn scopes(&self, scope_claims: &[Box<str>]) -> Scopes<'_> {
-        let mut scopes = Vec::new();
-        for name in scope_claims {
-            match self.claims.get(&**name) {
-                Some(Value::String(s)) => scopes.extend(s.split_ascii_whitespace()),
-                Some(Value::Array(items)) => scopes.extend(items.iter().filter_map(Value::as_str)),
-                _ => {}
-            }
-        }
-        scopes.sort_unstable();
-        scopes.dedup();
-        Scopes(scopes)
+    fn header_value(&self, claim: &str) -> Option<Cow<'_, str>> {
+        render_header_value(self.claim(claim)?)
     }
 }
 
-/// Bytes a JSON map holds: per entry, its key string, its value and the
-/// tree node's share (about two words).
-fn map_bytes(map: &Map<String, Value>) -> usize {
-    const NODE_SHARE: usize = 2 * std::mem::size_of::<usize>();
-    map.iter()
-        .map(|(name, value)| {
-            std::mem::size_of::<String>()
-                + name.len()
-                + std::mem::size_of::<Value>()
-                + NODE_SHARE
-                + value_bytes(value)
-        })
-        .sum()
+/// The top-level claim name a claim path reads: the name itself, or the
+/// first segment of an RFC 6901 pointer (`/act/sub` → `act`), unescaped.
+pub fn top_level_name(path: &str) -> Cow<'_, str> {
+    match path.strip_prefix('/') {
+        Some(pointer) => pointer_segment(pointer.split('/').next().unwrap_or_default()),
+        None => Cow::Borrowed(path),
+    }
+}
+
+/// One RFC 6901 reference token, unescaped (`~1` → `/`, `~0` → `~`).
+fn pointer_segment(segment: &str) -> Cow<'_, str> {
+    if segment.contains('~') {
+        Cow::Owned(segment.replace("~1", "/").replace("~0", "~"))
+    } else {
+        Cow::Borrowed(segment)
+    }
+}
+
+/// See [`ReadClaims::header_value`].
+fn render_header_value(value: &Value) -> Option<Cow<'_, str>> {
+    const MAX_HEADER_VALUE: usize = 4096;
+    let rendered: Cow<'_, str> = match value {
+        Value::String(s) => Cow::Borrowed(s),
+        Value::Number(n) => Cow::Owned(n.to_string()),
+        Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+        Value::Array(items) => Cow::Owned(
+            items
+                .iter()
+                .map(|item| item.as_str().filter(|word| is_single_word(word)))
+                .collect::<Option<Vec<_>>>()?
+                .join(" "),
+        ),
+        Value::Null | Value::Object(_) => return None,
+    };
+    if rendered.chars().any(char::is_control) {
+        return None;
+    }
+    let value = if rendered.is_ascii() && !could_be_ext_value(&rendered) {
+        rendered
+    } else {
+        Cow::Owned(rfc8187_ext_value(&rendered))
+    };
+    (value.len() <= MAX_HEADER_VALUE).then_some(value)
 }
 
 /// Heap bytes behind one JSON value.
@@ -231,7 +389,17 @@ fn value_bytes(value: &Value) -> usize {
             .iter()
             .map(|item| std::mem::size_of::<Value>() + value_bytes(item))
             .sum(),
-        Value::Object(map) => map_bytes(map),
+        Value::Object(map) => map
+            .iter()
+            .map(|(name, value)| {
+                // The key, the value and the tree node's share (two words).
+                std::mem::size_of::<String>()
+                    + name.len()
+                    + std::mem::size_of::<Value>()
+                    + 2 * std::mem::size_of::<usize>()
+                    + value_bytes(value)
+            })
+            .sum(),
     }
 }
 

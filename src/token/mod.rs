@@ -19,7 +19,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
 pub use algorithm::{Algorithm, AlgorithmSet, KeyFamily};
-pub use claims::{Scopes, VerifiedToken};
+pub use claims::{
+    ClaimSelection, ReadClaims, RetainedClaims, Scopes, VerifiedToken, top_level_name,
+};
 
 /// Tokens longer than this are rejected before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -97,7 +99,7 @@ impl TokenError {
 }
 
 /// What a token must say to be accepted, compiled from a policy's `issuer`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IssuerRules {
     /// The exact `iss` value.
     pub issuer: Box<str>,
