@@ -128,7 +128,10 @@ fn is_whitespace(c: char) -> bool {
 /// One non-empty run without whitespace: the one credential. Whether it is
 /// a well-formed token is the token parser's call (401 `invalid_token`).
 fn is_one_word(credential: &str) -> bool {
-    !credential.is_empty() && !credential.contains(is_whitespace)
+    // By bytes: ASCII whitespace never occurs inside a multi-byte character,
+    // and a byte scan is several times faster than a `char` one (the token
+    // is ~1 KiB, scanned on every Check).
+    !credential.is_empty() && !credential.bytes().any(|b| b.is_ascii_whitespace())
 }
 
 #[cfg(test)]

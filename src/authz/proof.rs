@@ -161,8 +161,10 @@ pub async fn check(
     stage: &ProofStage,
     now: u64,
 ) -> Result<(), ProofError> {
-    check_certificate(pop, token, request.certificate)?;
-    check_dpop(pop, presented, token, request, stage, now).await
+    // `cnf` (RFC 7800) is read once, by name: no JSON pointer per Check.
+    let cnf = token.top_level_claim("cnf");
+    check_certificate(pop, cnf, request.certificate)?;
+    check_dpop(pop, presented, cnf, request, stage, now).await
 }
 
 /// RFC 8705 §3: a token with `cnf.x5t#S256` must come over a connection
@@ -171,10 +173,10 @@ pub async fn check(
 /// matches no certificate.
 fn check_certificate(
     pop: Option<ProofOfPossession>,
-    token: &PreparedToken,
+    cnf: Option<&serde_json::Value>,
     certificate: &str,
 ) -> Result<(), ProofError> {
-    match token.claim("/cnf/x5t#S256") {
+    match cnf.and_then(|cnf| cnf.get("x5t#S256")) {
         Some(x5t) => verify_certificate_binding(certificate, x5t.as_str().unwrap_or_default())
             .map_err(ProofError::Certificate),
         None if pop.is_some_and(ProofOfPossession::requires_mtls) => {
@@ -190,12 +192,12 @@ fn check_certificate(
 async fn check_dpop(
     pop: Option<ProofOfPossession>,
     presented: Credentials<'_>,
-    token: &PreparedToken,
+    cnf: Option<&serde_json::Value>,
     request: &ProofRequest<'_>,
     stage: &ProofStage,
     now: u64,
 ) -> Result<(), ProofError> {
-    let jkt = token.claim("/cnf/jkt").and_then(|v| v.as_str());
+    let jkt = cnf.and_then(|cnf| cnf.get("jkt")).and_then(|v| v.as_str());
     let (access_token, jkt) = match (presented, jkt) {
         (Credentials::Dpop(access_token), Some(jkt)) => (access_token, jkt),
         (Credentials::Bearer(_), Some(_)) => return Err(ProofError::BoundTokenAsBearer),

@@ -1,7 +1,7 @@
 //! [`Decision`](super::Decision) → Envoy `CheckResponse`.
 
 use crate::token::ReadClaims as _;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
@@ -49,24 +49,25 @@ pub fn allow(policy: &CompiledPolicy, allowed: &Allowed) -> CheckResponse {
             None => headers_to_remove.push(claim_header.header.to_string()),
         }
     }
-    let mut metadata = BTreeMap::new();
-    metadata.insert("policy".to_string(), string_value(&policy.id));
-    metadata.insert("rule".to_string(), string_value(&allowed.rule));
+    let mut metadata = HashMap::with_capacity(7);
+    let mut put = |key: &str, value: &str| metadata.insert(key.to_string(), string_value(value));
+    put("policy", &policy.id);
+    put("rule", &allowed.rule);
     if let Some(token) = &allowed.token {
         if let Some(sub) = token.subject() {
-            metadata.insert("sub".to_string(), string_value(sub));
+            put("sub", sub);
         }
         if let Some(azp) = token.client_id() {
-            metadata.insert("azp".to_string(), string_value(azp));
+            put("azp", azp);
         }
-        metadata.insert("scope".to_string(), string_value(token.scope_line()));
+        put("scope", token.scope_line());
         let chain = token.actor_chain();
         if !chain.is_empty() {
-            metadata.insert("actor".to_string(), string_value(&chain.join(" ")));
+            put("actor", &chain.join(" "));
         }
     }
     if let Some(denial) = &allowed.audited_denial {
-        metadata.insert("audit_denial".to_string(), string_value(denial.reason));
+        put("audit_denial", denial.reason);
     }
     CheckResponse {
         status: Some(rpc::Status {
@@ -78,9 +79,7 @@ pub fn allow(policy: &CompiledPolicy, allowed: &Allowed) -> CheckResponse {
             headers_to_remove,
             ..Default::default()
         })),
-        dynamic_metadata: Some(Struct {
-            fields: metadata.into_iter().collect(),
-        }),
+        dynamic_metadata: Some(Struct { fields: metadata }),
     }
 }
 

@@ -24,15 +24,15 @@ pub struct CompiledPolicy {
     /// The hosts it claims.
     pub hosts: Vec<HostPattern>,
     /// The issuers whose tokens it accepts (at least one; `iss` values unique).
-    pub issuers: Box<[CompiledIssuer]>,
+    pub issuers: Arc<[CompiledIssuer]>,
     /// Claims that carry scopes.
-    pub scope_claims: Box<[Box<str>]>,
+    pub scope_claims: Arc<[Box<str>]>,
     /// Rules in order; the first match decides.
     pub rules: Box<[CompiledRule]>,
     /// What happens when no rule matches.
     pub default_action: DefaultAction,
     /// Headers set from claims on allow.
-    pub claim_headers: Box<[ClaimHeader]>,
+    pub claim_headers: Arc<[ClaimHeader]>,
     /// Enforce or audit.
     pub mode: Mode,
     /// RFC 9728 protected resource metadata, with `resource`.
@@ -73,7 +73,7 @@ impl ProofOfPossession {
 }
 
 /// A compiled `issuer` (or `issuers[i]`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CompiledIssuer {
     /// What its tokens must say.
     pub rules: IssuerRules,
@@ -143,9 +143,9 @@ pub struct CompiledRule {
     /// Paths with `;` parameters may match this rule.
     pub matrix_params: bool,
     /// `mcp`: the JSON-RPC call this rule matches.
-    pub mcp: Option<McpMatcher>,
+    pub mcp: Option<Box<McpMatcher>>,
     /// `actor`: the delegation this rule requires or refuses.
-    pub actor: Option<ActorRule>,
+    pub actor: Option<Box<ActorRule>>,
     /// `when`: CEL conditions that must all hold.
     pub conditions: Box<[Condition]>,
     /// What the conditions read, so a Check builds only that.
@@ -188,7 +188,7 @@ pub struct ActorRule {
 }
 
 /// A compiled `claimHeaders[i]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClaimHeader {
     /// Lowercase header name.
     pub header: Box<str>,
@@ -284,8 +284,8 @@ impl CompiledPolicy {
             (true, Some(issuers)) => Ok(CompiledPolicy {
                 id,
                 hosts,
-                issuers,
-                scope_claims: boxed_strs(&spec.scope_claims),
+                issuers: issuers.into(),
+                scope_claims: boxed_strs(&spec.scope_claims).into(),
                 rules,
                 default_action: spec.default_action,
                 claim_headers: claim_headers.into(),
@@ -611,8 +611,9 @@ fn compile_rule(index: usize, rule: &RuleSpec, errors: &mut Errors) -> CompiledR
         allowed_clients: rule.allowed_clients.as_deref().map(boxed_strs),
         anonymous: rule.anonymous,
         matrix_params: rule.matrix_params,
-        mcp,
-        actor,
+        // Boxed: most rules have neither, and a rule is copied per policy.
+        mcp: mcp.map(Box::new),
+        actor: actor.map(Box::new),
         condition_uses: conditions::uses_of(&conditions),
         conditions,
     }
