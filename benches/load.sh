@@ -55,12 +55,17 @@ wait_for() { # what, command...
 }
 
 # --- fixtures: an RSA key's JWKS, 100,000 signed tokens, 1 and 10,000 policies
+# Kept 20 hours (the tokens are valid for 24). Bump FIXTURES_VERSION whenever
+# `loadgen setup` writes something else, so that older fixtures are redone.
 fixtures=target/loadtest-fixtures
-if [ -z "$(find "$fixtures/tokens.txt" -mmin -1200 2>/dev/null)" ]; then
+FIXTURES_VERSION=2 # 2: Auth0-shaped tokens of ~870 bytes, token-without-scope.txt
+if [ -z "$(find "$fixtures/tokens.txt" -mmin -1200 2>/dev/null)" ] ||
+  [ "$(cat "$fixtures/version" 2>/dev/null)" != "$FIXTURES_VERSION" ]; then
   log "signing $TOKENS RS256 tokens (once; kept in $fixtures)"
   rm -rf "$fixtures"
   nice -n 10 "$loadgen" setup --dir "$fixtures" --tokens "$TOKENS" --policies "$POLICIES" \
     --jwks-uri 'http://127.0.0.1:JWKS_PORT/.well-known/jwks.json'
+  echo "$FIXTURES_VERSION" >"$fixtures/version"
 fi
 jwks_port="$(free_port)"
 for count in 1 "$POLICIES"; do
