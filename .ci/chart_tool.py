@@ -411,7 +411,7 @@ def check_everything_else_set(objects: list[dict[str, Any]]) -> None:
 
 
 def check_envoy_gateway_set(objects: list[dict[str, Any]]) -> None:
-    """SecurityPolicy fails closed to the Service, ReferenceGrant, Istio provider ConfigMap"""
+    """SecurityPolicy fails closed to the Service with envoy.yaml's headers, ReferenceGrant, Istio provider ConfigMap"""
     service = one(objects, "Service")
     grpc_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
     policy = one(objects, "SecurityPolicy")
@@ -421,6 +421,8 @@ def check_envoy_gateway_set(objects: list[dict[str, Any]]) -> None:
     require(ext_auth["failOpen"] is False, "extAuth must fail closed")
     require(ext_auth["grpc"]["backendRefs"] == [{"name": service["metadata"]["name"], "namespace": NAMESPACE, "port": grpc_port}],
             f"backendRefs {ext_auth['grpc']['backendRefs']} do not name the gRPC port of the Service")
+    require(ext_auth["headersToExtAuth"] == ext_authz_header_lists()["manifests/envoy/envoy.yaml"],
+            f"headersToExtAuth {ext_auth.get('headersToExtAuth')} differs from envoy.yaml's allowed_headers")
     grant = one(objects, "ReferenceGrant")
     require(grant["metadata"]["namespace"] == NAMESPACE, "the ReferenceGrant lives in the Service's namespace")
     require(grant["spec"]["from"] == [{"group": "gateway.envoyproxy.io", "kind": "SecurityPolicy", "namespace": "shop"}], "ReferenceGrant from")
@@ -567,6 +569,35 @@ def check_istio_manifests() -> None:
                         f"{path}: {policy['metadata']['name']} must be CUSTOM with provider {provider}")
                 require(path != "ambient-waypoint.yaml" or ("targetRefs" in policy["spec"] and "selector" not in policy["spec"]),
                         f"{path}: a waypoint policy needs targetRefs, not a selector (ztunnel ignores CUSTOM)")
+
+
+def ext_authz_header_lists() -> dict[str, list[str]]:
+    """Every list of the request headers a recipe sends in a Check: the
+    allowed_headers of the two Envoy bootstraps, the headersToExtAuth of the
+    Envoy Gateway SecurityPolicies and of the chart's default values."""
+    lists: dict[str, list[str]] = {}
+    for path in ["manifests/envoy/envoy.yaml", "examples/mcp/envoy.yaml"]:
+        bootstrap = yaml.safe_load((ROOT / path).read_text())
+        manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        [ext_authz] = [f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"]
+        patterns = ext_authz["typed_config"]["allowed_headers"]["patterns"]
+        require(all(set(p) == {"exact"} for p in patterns), f"{path}: allowed_headers are exact names")
+        lists[path] = [p["exact"] for p in patterns]
+    for policy in yaml.safe_load_all((ROOT / "manifests/envoy-gateway/securitypolicy.yaml").read_text()):
+        if policy and policy["kind"] == "SecurityPolicy":
+            lists[f"SecurityPolicy {policy['metadata']['name']}"] = policy["spec"]["extAuth"]["headersToExtAuth"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    lists["values.yaml envoyGateway.securityPolicy.headersToExtAuth"] = values["envoyGateway"]["securityPolicy"]["headersToExtAuth"]
+    return lists
+
+
+def check_header_lists() -> None:
+    """The recipes that filter the Check's headers send the same ones"""
+    lists = ext_authz_header_lists()
+    first_name, first = next(iter(lists.items()))
+    require("authorization" in first and len(set(first)) == len(first), f"{first_name}: {first}")
+    for name, headers in lists.items():
+        require(headers == first, f"{name} sends {headers}, {first_name} {first}")
 
 
 @contextlib.contextmanager
@@ -832,6 +863,8 @@ def run_tests() -> int:
         ({"envoyGateway": {"securityPolicy": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Service", "name": "x"}]}}},
          "/envoyGateway/securityPolicy/targetRefs/0/kind"),
         ({"envoyGateway": {"securityPolicy": {"timeout": "1.5s"}}}, "/envoyGateway/securityPolicy/timeout"),
+        ({"envoyGateway": {"securityPolicy": {"headersToExtAuth": [":authority"]}}},
+         "/envoyGateway/securityPolicy/headersToExtAuth/0"),
         ({"tests": {"hosts": "x"}}, "'hosts' not allowed"),
         ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "must not exceed autoscaling.maxReplicas"),
         ({"terminationGracePeriodSeconds": 5}, "must be at least preStopSleepSeconds + shutdownGraceSeconds"),
@@ -848,6 +881,8 @@ def run_tests() -> int:
     else:
         print(f"skip docs/install.md Envoy snippet (no Envoy at {envoy}; .ci/install-tools.sh installs it)")
     r.check("manifests/istio: providers match the chart's Service and NOTES.txt, policies name them", check_istio_manifests)
+    r.check("envoy.yaml, examples/mcp/envoy.yaml, manifests/envoy-gateway and the chart send the same Check headers",
+            check_header_lists)
     r.check("examples are valid TokenPolicies (CRD schema"
             + (", scopegate validate)" if os.environ.get("SCOPEGATE_BIN") else ")"), check_example_policies)
     print(f"chart tests: {r.passed} passed, {r.failed} failed")

@@ -14,7 +14,8 @@
 #      (Go, istio.io/api from the module proxy): manifests/istio/istiod-values.yaml,
 #      istiooperator-overlay.yaml, the provider NOTES.txt prints, the chart's
 #      provider ConfigMap and the meshConfig snippets of docs/;
-#   3. manifests/envoy/envoy.yaml passes `envoy --mode validate` as shipped;
+#   3. manifests/envoy/envoy.yaml and examples/mcp/envoy.yaml pass
+#      `envoy --mode validate` as shipped;
 #   4. negative cases, so that each check can fail: a copy of a recipe with a
 #      misspelled field must be REJECTED by the API server (unknown field),
 #      by the MeshConfig decoder and by Envoy.
@@ -185,12 +186,14 @@ mesh_check "chart NOTES.txt provider snippet" "$WORK/notes-mesh.yaml"
 mesh_check "chart istio.providerConfigMap (data.mesh)" "$WORK/chart/envoy-gateway.yaml"
 for f in "$WORK"/docs-mesh-*.yaml; do mesh_check "docs/ meshConfig snippet $(basename "$f" .yaml)" "$f"; done
 
-# --- 3. the shipped Envoy bootstrap ---------------------------------------------
-if out="$("$ENVOY" --mode validate -c manifests/envoy/envoy.yaml 2>&1)"; then
-  pass "manifests/envoy/envoy.yaml passes envoy --mode validate as shipped"
-else
-  fail "manifests/envoy/envoy.yaml: envoy --mode validate: $(tail -n 5 <<<"$out")"
-fi
+# --- 3. the shipped Envoy bootstraps --------------------------------------------
+for f in manifests/envoy/envoy.yaml examples/mcp/envoy.yaml; do
+  if out="$("$ENVOY" --mode validate -c "$f" 2>&1)"; then
+    pass "$f passes envoy --mode validate as shipped"
+  else
+    fail "$f: envoy --mode validate: $(tail -n 5 <<<"$out")"
+  fi
+done
 
 # --- 4. each check can fail: misspelled copies are rejected ----------------------
 expect_rejected "manifests/envoy-gateway/securitypolicy.yaml" manifests/envoy-gateway/securitypolicy.yaml failOpen failOpne

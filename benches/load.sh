@@ -9,18 +9,30 @@
 #       never-seen token would)
 #   (c) examples/noop_authz.rs: a tonic ext_authz server that answers OK
 # and prints req/s, p50/p99/p99.9, server CPU per Check and the ratios a/c
-# and b/c; then `openssl speed rsa2048` verify/s, scopegate's RSS (idle,
-# 10,000 policies, + 100,000 cached tokens) and the latency real Envoy adds
-# with scopegate as its ext_authz vs. without ext_authz.
+# and b/c; then `openssl speed rsa2048` verify/s and scopegate's RSS (idle,
+# 10,000 policies, + 100,000 cached tokens).
 #
-# Servers are pinned to CPU 0 and the load generator to CPU 1 (taskset), so
-# each side gets one core. Only loopback addresses are used. Bounded: about
-# 2 minutes after the first run (which also builds and signs the 100,000
-# test tokens, cached in target/loadtest-fixtures for 20 hours).
+# Then real Envoy (--concurrency 1) in front of the same upstream, compared
+# with Envoy's own JWT verification: no auth filter; jwt_authn; jwt_authn +
+# RBAC requiring the policy's scope; ext_authz to scopegate as shipped
+# (allowed_headers) and with every header; each cache on and off. It prints
+# req/s, p50/p99 and the CPU each process spent per 1,000 requests, and the
+# ratios scopegate / jwt_authn. The configs are manifests/envoy/envoy.yaml
+# edited by `loadgen envoy-config` (jwt_authn and RBAC: benches/envoy/*.yaml).
+#
+# Pinning (taskset): the servers under test on CPU 0, the load generator on
+# CPU 1, so each side gets one core. Through Envoy, CPU 0 has Envoy *and*
+# scopegate (jwt_authn runs inside Envoy's one worker: both setups get one
+# core for the proxy and its auth), CPU 1 the load generator and the
+# upstream app. Only loopback addresses are used. Bounded: about 3 minutes
+# after the first run (which also builds and signs the 100,000 test tokens,
+# cached in target/loadtest-fixtures for 20 hours). ENVOY_DURATION (default
+# DURATION/2, rounded up) is the time per Envoy variant.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DURATION="${DURATION:-10}"
+ENVOY_DURATION="${ENVOY_DURATION:-$(((DURATION + 1) / 2))}"
 TOKENS=100000
 POLICIES=10000
 HOST=api-0.example.com
@@ -55,12 +67,17 @@ wait_for() { # what, command...
 }
 
 # --- fixtures: an RSA key's JWKS, 100,000 signed tokens, 1 and 10,000 policies
+# Kept 20 hours (the tokens are valid for 24). Bump FIXTURES_VERSION whenever
+# `loadgen setup` writes something else, so that older fixtures are redone.
 fixtures=target/loadtest-fixtures
-if [ -z "$(find "$fixtures/tokens.txt" -mmin -1200 2>/dev/null)" ]; then
+FIXTURES_VERSION=2 # 2: Auth0-shaped tokens of ~870 bytes, token-without-scope.txt
+if [ -z "$(find "$fixtures/tokens.txt" -mmin -1200 2>/dev/null)" ] ||
+  [ "$(cat "$fixtures/version" 2>/dev/null)" != "$FIXTURES_VERSION" ]; then
   log "signing $TOKENS RS256 tokens (once; kept in $fixtures)"
   rm -rf "$fixtures"
   nice -n 10 "$loadgen" setup --dir "$fixtures" --tokens "$TOKENS" --policies "$POLICIES" \
     --jwks-uri 'http://127.0.0.1:JWKS_PORT/.well-known/jwks.json'
+  echo "$FIXTURES_VERSION" >"$fixtures/version"
 fi
 jwks_port="$(free_port)"
 for count in 1 "$POLICIES"; do
@@ -83,7 +100,7 @@ start_scopegate() { # policies file, extra flags...
   grpc="$(free_port)"; admin="$(free_port)"
   taskset -c 0 "$scopegate" serve --policies "$1" --listen "127.0.0.1:$grpc" \
     --admin-listen "127.0.0.1:$admin" "${@:2}" >"$work/scopegate.log" 2>&1 &
-  server_pid=$!; pids+=("$server_pid"); server_addr="127.0.0.1:$grpc"
+  server_pid=$!; pids+=("$server_pid"); server_addr="127.0.0.1:$grpc"; server_admin="127.0.0.1:$admin"
   wait_for "scopegate to fetch its keys" \
     bash -c "curl -sf http://127.0.0.1:$admin/readyz | grep -q '\"keys\":1'"
 }
@@ -141,41 +158,118 @@ echo "$fill" >&2
 sleep 1; rss_tokens="$(rss_mib "$server_pid")"
 stop_server
 
-# --- through real Envoy ----------------------------------------------------
-log "Envoy: with scopegate as ext_authz vs. without ext_authz"
+# --- through real Envoy: scopegate vs. Envoy's own jwt_authn --------------
+# One Envoy per variant (manifests/envoy/envoy.yaml, edited by `loadgen
+# envoy-config`), --concurrency 1, on CPU 0 with scopegate when there is one;
+# the load generator and the upstream on CPU 1. Before measuring, each
+# variant must answer the fixture token 200 and, when it authenticates, a
+# request without a token 401 and a valid token without scope:0 403 (200
+# for jwt_authn alone, which checks no scope); the script fails otherwise.
+log "Envoy: none, jwt_authn, jwt_authn+rbac and scopegate (ext_authz), $ENVOY_DURATION s each"
 upstream_port="$(free_port)"
-"$loadgen" upstream --listen "127.0.0.1:$upstream_port" &
-pids+=($!)
-start_scopegate "$work/policies-1.yaml"
-scopegate_port="${server_addr##*:}"
-declare -A envoy_p50 envoy_p99 envoy_rps
-for variant in without with; do
-  listen_port="$(free_port)"; admin_port="$(free_port)"
-  config="$work/envoy-$variant.yaml"
-  sed -e "s/\${LISTEN_PORT}/$listen_port/" -e "s/\${ADMIN_PORT}/$admin_port/" \
-    -e "s/\${UPSTREAM_PORT}/$upstream_port/" -e "s/\${SCOPEGATE_PORT}/$scopegate_port/" \
-    manifests/envoy/envoy.yaml >"$config"
-  if [ "$variant" = without ]; then
-    # Drop the ext_authz HTTP filter (everything from it up to the router).
-    awk '/- name: envoy.filters.http.ext_authz$/ {skip=1} /- name: envoy.filters.http.router$/ {skip=0} !skip' \
-      "$config" >"$config.tmp" && mv "$config.tmp" "$config"
-    if grep -q 'ExtAuthz$' "$config"; then log "could not remove ext_authz from the Envoy config"; exit 1; fi
+taskset -c 1 "$loadgen" upstream --listen "127.0.0.1:$upstream_port" >"$work/upstream.log" 2>&1 &
+upstream_pid=$!; pids+=("$upstream_pid")
+wait_for "the upstream" bash -c "exec 3<>/dev/tcp/127.0.0.1/$upstream_port"
+good_token="$(head -n 1 "$fixtures/tokens.txt")"
+token_without_scope="$(head -n 1 "$fixtures/token-without-scope.txt")"
+
+# expect_status VARIANT WANT WHAT [curl args...]: GET /orders/42 must answer WANT.
+expect_status() {
+  local got
+  got="$(curl -s -o /dev/null -w '%{http_code}' -H "host: $HOST" "${@:4}" \
+    "http://127.0.0.1:$listen_port/orders/42")"
+  if [ "$got" != "$2" ]; then
+    log "Envoy $1: $3 got HTTP $got, expected $2 (config $config)"; exit 1
   fi
-  "$envoy" -c "$config" --concurrency 1 --disable-hot-restart -l error >"$work/envoy-$variant.log" 2>&1 &
+}
+
+# CPU ms per 1,000 requests (= µs per request) from a tick count.
+per_1k() { awk -v t="$1" -v hz="$clk_tck" -v n="$2" 'BEGIN {printf "%.1f", t / hz / n * 1e6}'; }
+
+declare -A e_rps e_p50 e_p99 e_envoy e_sg e_up e_auth e_busy
+# envoy_variant KEY VARIANT [envoy-config flags...]: a scopegate variant
+# uses the scopegate running now ($server_pid, $server_addr).
+envoy_variant() {
+  local key="$1" variant="$2" admin_port envoy_pid out requests
+  listen_port="$(free_port)"; admin_port="$(free_port)"; config="$work/envoy-$key.yaml"
+  "$loadgen" envoy-config --variant "$variant" "${@:3}" --listen "$listen_port" \
+    --admin "$admin_port" --upstream "$upstream_port" --scopegate "${server_addr##*:}" \
+    --jwks "$jwks_port" --out "$config"
+  taskset -c 0 "$envoy" -c "$config" --concurrency 1 --disable-hot-restart -l error \
+    >"$work/envoy-$key.log" 2>&1 &
   envoy_pid=$!; pids+=("$envoy_pid")
-  wait_for "Envoy ($variant ext_authz)" curl -sf "http://127.0.0.1:$admin_port/ready"
-  out="$("$loadgen" http --addr "127.0.0.1:$listen_port" --host "$HOST" --tokens "$fixtures/tokens.txt" \
-    --duration "$((DURATION / 2))s" --connections 1 --streams 4 --label "envoy-$variant-ext-authz")"
+  wait_for "Envoy ($key)" curl -sf "http://127.0.0.1:$admin_port/ready"
+  # The processes whose CPU time is counted: Envoy, scopegate (if used), upstream.
+  local procs=("$envoy_pid" "$upstream_pid")
+  [[ "$variant" == scopegate* ]] && procs+=("$server_pid")
+
+  expect_status "$key" 200 "the fixture token" -H "authorization: Bearer $good_token"
+  if [ "$variant" != none ]; then
+    expect_status "$key" 401 "no token"
+    local want=403; [ "$variant" = jwt_authn ] && want=200
+    expect_status "$key" "$want" "a token without scope:0" -H "authorization: Bearer $token_without_scope"
+  fi
+
+  taskset -c 1 "$loadgen" http --addr "127.0.0.1:$listen_port" --host "$HOST" \
+    --tokens "$fixtures/tokens.txt" --duration 1s --warmup 0s --label warmup >/dev/null
+  local before=() after=() pid
+  for pid in "${procs[@]}"; do before+=("$(cpu_ticks "$pid")"); done
+  out="$(taskset -c 1 "$loadgen" http --addr "127.0.0.1:$listen_port" --host "$HOST" \
+    --tokens "$fixtures/tokens.txt" --duration "${ENVOY_DURATION}s" --warmup 0s --label "envoy-$key")"
+  for pid in "${procs[@]}"; do after+=("$(cpu_ticks "$pid")"); done
   echo "$out" >&2
-  envoy_rps[$variant]="$(field rps "$out")"
-  envoy_p50[$variant]="$(field p50_us "$out")"; envoy_p99[$variant]="$(field p99_us "$out")"
+  # The caches' counters (is the cache on or off?) and the verdicts.
+  if [[ "$variant" == jwt_authn* ]]; then
+    log "$key: jwt_authn $(curl -s -G "http://127.0.0.1:$admin_port/stats" \
+      --data-urlencode 'filter=jwt_authn\.(allowed|denied|jwt_cache_hit|jwt_cache_miss)$' |
+      sed 's/.*jwt_authn\.//' | tr '\n' ' ')"
+  elif [[ "$variant" == scopegate* ]]; then
+    local counters
+    counters="$(curl -s "http://$server_admin/metrics" | grep -E '^scopegate_token_cache_(hits|misses)' | tr '\n' ' ' || true)"
+    log "$key: ${counters:-no token cache counters (cache off)}"
+  fi
+  requests="$(field requests "$out")"
+  e_rps[$key]="$(field rps "$out")"; e_p50[$key]="$(field p50_us "$out")"; e_p99[$key]="$(field p99_us "$out")"
+  local envoy_ticks=$((after[0] - before[0])) sg_ticks=0
+  e_envoy[$key]="$(per_1k "$envoy_ticks" "$requests")"
+  e_up[$key]="$(per_1k $((after[1] - before[1])) "$requests")"
+  e_sg[$key]="–"
+  if [ "${#procs[@]}" = 3 ]; then
+    sg_ticks=$((after[2] - before[2]))
+    e_sg[$key]="$(per_1k "$sg_ticks" "$requests")"
+  fi
+  e_auth[$key]="$(per_1k $((envoy_ticks + sg_ticks)) "$requests")"
+  e_busy[$key]="$(awk -v t=$((envoy_ticks + sg_ticks)) -v hz="$clk_tck" -v s="$(field seconds "$out")" \
+    'BEGIN {printf "%.0f", t / hz / s * 100}')"
   kill "$envoy_pid"; wait "$envoy_pid" 2>/dev/null || true
-done
+}
+
+server_addr=127.0.0.1:9 # no scopegate yet: its cluster is in every config, unused
+envoy_variant none none
+envoy_variant jwt jwt_authn
+envoy_variant jwt_rbac jwt_authn+rbac
+envoy_variant jwt_nc jwt_authn --no-jwt-cache
+envoy_variant jwt_rbac_nc jwt_authn+rbac --no-jwt-cache
+start_scopegate "$work/policies-1.yaml"
+envoy_variant sg scopegate
+envoy_variant sg_all scopegate-all-headers
+stop_server
+start_scopegate "$work/policies-1.yaml" --token-cache-max-ttl 0
+envoy_variant sg_nc scopegate
 stop_server
 
 # --- report ----------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
-minus() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a - b}'; }
+declare -A label=(
+  [none]="Envoy, no auth filter"
+  [jwt]="jwt_authn (JWT cache on)"
+  [jwt_rbac]="jwt_authn + RBAC scope:0 (JWT cache on)"
+  [sg]="ext_authz → scopegate, allowed_headers (token cache on)"
+  [sg_all]="ext_authz → scopegate, all headers (token cache on)"
+  [jwt_nc]="jwt_authn, no JWT cache"
+  [jwt_rbac_nc]="jwt_authn + RBAC scope:0, no JWT cache"
+  [sg_nc]="ext_authz → scopegate, allowed_headers, --token-cache-max-ttl 0"
+)
 cat <<EOF
 
 ## Loopback gRPC Check load ($DURATION s each; server on CPU 0, load generator on CPU 1; 2 connections x 16 streams)
@@ -200,12 +294,19 @@ openssl speed rsa2048 verify/s (one core): $rsa_verify  (= $(awk -v v="$rsa_veri
 | $POLICIES policies | $rss_policies |
 | $POLICIES policies + $TOKENS cached tokens | $rss_tokens |
 
-## Through Envoy (1 connection x 4 streams, $((DURATION / 2)) s; not pinned)
+## Through Envoy: scopegate vs. Envoy's jwt_authn ($ENVOY_DURATION s each; Envoy --concurrency 1 [+ scopegate] on CPU 0, load generator + upstream on CPU 1; 2 connections x 16 streams)
 
-| Envoy | req/s | p50 µs | p99 µs |
-|---|---:|---:|---:|
-| without ext_authz | ${envoy_rps[without]} | ${envoy_p50[without]} | ${envoy_p99[without]} |
-| with scopegate (cached token) | ${envoy_rps[with]} | ${envoy_p50[with]} | ${envoy_p99[with]} |
+CPU columns: CPU ms per 1,000 requests (= CPU µs per request) of each process; "CPU 0 busy": Envoy + scopegate CPU time / wall time.
 
-added by the ext_authz hop: p50 +$(minus "${envoy_p50[with]}" "${envoy_p50[without]}") µs, p99 +$(minus "${envoy_p99[with]}" "${envoy_p99[without]}") µs
+| variant | req/s | p50 µs | p99 µs | Envoy | scopegate | upstream | Envoy + scopegate | CPU 0 busy % |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+$(for k in none jwt jwt_rbac sg sg_all jwt_nc jwt_rbac_nc sg_nc; do
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${label[$k]}" "${e_rps[$k]}" "${e_p50[$k]}" \
+    "${e_p99[$k]}" "${e_envoy[$k]}" "${e_sg[$k]}" "${e_up[$k]}" "${e_auth[$k]}" "${e_busy[$k]}"
+done)
+
+throughput, caches on:  scopegate / jwt_authn = $(ratio "${e_rps[sg]}" "${e_rps[jwt]}"), scopegate / jwt_authn+rbac = $(ratio "${e_rps[sg]}" "${e_rps[jwt_rbac]}")
+throughput, caches off: scopegate / jwt_authn = $(ratio "${e_rps[sg_nc]}" "${e_rps[jwt_nc]}"), scopegate / jwt_authn+rbac = $(ratio "${e_rps[sg_nc]}" "${e_rps[jwt_rbac_nc]}")
+CPU per request, (Envoy + scopegate) / (Envoy with jwt_authn+rbac): caches on $(ratio "${e_auth[sg]}" "${e_auth[jwt_rbac]}"), caches off $(ratio "${e_auth[sg_nc]}" "${e_auth[jwt_rbac_nc]}")   (target <= 1.6)
+Envoy's own CPU per request with ext_authz: all headers ${e_envoy[sg_all]}, allowed_headers ${e_envoy[sg]} (all / allowed = $(ratio "${e_envoy[sg_all]}" "${e_envoy[sg]}")); scopegate's: ${e_sg[sg_all]} and ${e_sg[sg]}
 EOF

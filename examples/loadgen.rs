@@ -3,16 +3,22 @@
 //! (the `h2` crate), so the client spends as little CPU as possible.
 //!
 //! ```text
-//! loadgen setup    --dir D --jwks-uri URL   RSA key → D/jwks/.well-known/jwks.json, signed tokens
-//!                                           → D/tokens.txt, policies → D/policies-1.yaml, D/policies-N.yaml
+//! loadgen setup    --dir D --jwks-uri URL   RSA key → D/jwks/.well-known/jwks.json, signed
+//!                                           Auth0-shaped tokens → D/tokens.txt (and one without
+//!                                           `scope:0` → D/token-without-scope.txt), policies
+//!                                           → D/policies-1.yaml, D/policies-N.yaml
 //! loadgen grpc     --addr A --host H --tokens D/tokens.txt   Checks with the first token, for a fixed time
 //! loadgen fill     --addr A --host H --tokens D/tokens.txt   one Check per token (fills the token cache)
 //! loadgen http     --addr A --host H --tokens D/tokens.txt   GET /orders/42 through Envoy (h2c)
 //! loadgen upstream --listen A                               the app behind Envoy: 200 "ok" on every path
+//! loadgen envoy-config --variant V --out F …               an Envoy bootstrap for the comparison
+//!                                           with Envoy's own jwt_authn (manifests/envoy/envoy.yaml
+//!                                           edited; benches/envoy/*.yaml)
 //! ```
 //!
 //! `grpc`, `fill` and `http` print one `RESULT key=value …` line and fail if
-//! any request was not allowed.
+//! any request was not allowed (`http`: anything but 200 with the upstream's
+//! body `ok`).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -29,11 +35,14 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use clap::{Args, Parser, Subcommand};
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use prost::Message as _;
-use support::{RsaKey, check_request, numbered_claims, numbered_policies_yaml};
+use serde_json::{Value, json};
+use support::{AUDIENCE, RsaKey, check_request, numbered_policies_yaml};
 
 /// The `iss` of the load-test tokens (never fetched: policies name the JWKS URI).
 const ISSUER: &str = "https://issuer.loadtest.example/";
 const PATH: &str = "/orders/42";
+/// The `azp` of every load-test token: an Auth0 client id is 32 characters.
+const CLIENT_ID: &str = "Xq3v9LcE2mWb7TnY5aRk8ZpD1sGh4JfU";
 
 #[derive(Parser)]
 struct Cli {
@@ -70,6 +79,57 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Writes an Envoy bootstrap for one variant of the Envoy comparison.
+    EnvoyConfig(EnvoyConfig),
+}
+
+/// `manifests/envoy/envoy.yaml` with its ports replaced, its access log
+/// dropped (per-request stdout I/O, part of no variant) and its auth filter
+/// swapped per variant.
+#[derive(Args)]
+struct EnvoyConfig {
+    #[arg(long, value_enum)]
+    variant: EnvoyVariant,
+    /// Leave `jwt_cache_config` out of the jwt_authn provider (Envoy then
+    /// verifies every token in full).
+    #[arg(long)]
+    no_jwt_cache: bool,
+    /// Envoy's listener port.
+    #[arg(long)]
+    listen: u16,
+    /// Envoy's admin port.
+    #[arg(long)]
+    admin: u16,
+    /// The upstream app's port.
+    #[arg(long)]
+    upstream: u16,
+    /// scopegate's gRPC port (its cluster stays in every variant).
+    #[arg(long)]
+    scopegate: u16,
+    /// The loopback JWKS server's port (jwt_authn's `remote_jwks`).
+    #[arg(long)]
+    jwks: u16,
+    /// Where to write the bootstrap.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum EnvoyVariant {
+    /// No auth filter at all.
+    None,
+    /// `envoy.filters.http.jwt_authn` (benches/envoy/jwt_authn.yaml).
+    #[value(name = "jwt_authn")]
+    JwtAuthn,
+    /// jwt_authn, its payload in dynamic metadata, and
+    /// `envoy.filters.http.rbac` requiring `scope:0` (benches/envoy/rbac.yaml).
+    #[value(name = "jwt_authn+rbac")]
+    JwtAuthnRbac,
+    /// ext_authz to scopegate, as shipped (with `allowed_headers`).
+    Scopegate,
+    /// ext_authz to scopegate with every request header in the Check (no
+    /// `allowed_headers`: the shipped config before it had one).
+    ScopegateAllHeaders,
 }
 
 #[derive(Args, Clone)]
@@ -126,12 +186,35 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Upstream { listen } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;
-            let app = axum::Router::new().fallback(|| async { "ok" });
+            let app = axum::Router::new().fallback(|| async { UPSTREAM_BODY });
             axum::serve(listener, app).await?;
             Ok(())
         }
+        Command::EnvoyConfig(args) => envoy_config(&args),
     }
 }
+
+/// What `upstream` answers; `http` checks for it.
+const UPSTREAM_BODY: &str = "ok";
+
+/// The headers `http` sends besides the token: those of a browser's
+/// `fetch()` from a single-page app to its API (an agent's HTTP library
+/// sends fewer; a browser also sends cookies, left out). The same in every
+/// variant; without `allowed_headers` each goes into every Check.
+const CLIENT_HEADERS: &[(&str, &str)] = &[
+    (
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    ),
+    ("accept", "application/json, text/plain, */*"),
+    ("accept-encoding", "gzip, deflate, br, zstd"),
+    ("accept-language", "en-US,en;q=0.9"),
+    ("origin", "https://app.example.com"),
+    ("referer", "https://app.example.com/orders"),
+    ("sec-fetch-dest", "empty"),
+    ("sec-fetch-mode", "cors"),
+    ("sec-fetch-site", "same-site"),
+];
 
 fn setup(
     dir: &std::path::Path,
@@ -156,12 +239,7 @@ fn setup(
                 scope.spawn(move || {
                     (t..tokens)
                         .step_by(threads)
-                        .map(|i| {
-                            let mut claims = numbered_claims(ISSUER, 1);
-                            claims["jti"] = serde_json::json!(format!("loadtest-{i}"));
-                            claims["exp"] = serde_json::json!(support::now() + 24 * 3600);
-                            key.sign(&claims)
-                        })
+                        .map(|i| key.sign(&auth0_claims(i, "openid read:orders scope:0")))
                         .collect::<Vec<_>>()
                 })
             })
@@ -172,11 +250,46 @@ fn setup(
             .collect()
     });
     std::fs::write(dir.join("tokens.txt"), signed.join("\n") + "\n")?;
+    // Valid, but without the scope the policies require: a request with it
+    // must be refused (403).
+    let without_scope = key.sign(&auth0_claims(tokens, "openid read:orders"));
+    std::fs::write(dir.join("token-without-scope.txt"), without_scope + "\n")?;
+    let sizes = signed.iter().map(String::len);
+    let (min, max) = (sizes.clone().min().unwrap_or(0), sizes.max().unwrap_or(0));
     println!(
-        "wrote {tokens} tokens and policy files to {}",
+        "wrote {tokens} tokens ({min}..={max} bytes each) and policy files to {}",
         dir.display()
     );
     Ok(())
+}
+
+/// The claims of an Auth0 access token for an API with RBAC permissions in
+/// the token and an `openid` login (hence the `userinfo` audience), for the
+/// numbered policies (audience [`AUDIENCE`], `scope:0` required when `scope`
+/// has it); `sub` is distinct per `index`, valid for 24 hours.
+///
+/// Signed with RS256 and a short `kid`, this makes a token of 875 bytes,
+/// about the 867 of the sample in issue 14. Auth0's usual values would be
+/// longer (`openid profile email` scopes, a 16-character organization id:
+/// ~915 bytes with this issuer and audience); they are shortened here to
+/// keep the size, with every claim of the sample present.
+fn auth0_claims(index: usize, scope: &str) -> Value {
+    // Auth0 user ids are 24 hex digits; an odd multiplier mod 2^96 keeps
+    // them distinct while not sharing a long zero prefix.
+    let id = (index as u128 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c061) & ((1 << 96) - 1);
+    let permissions: Vec<&str> = scope.split(' ').filter(|s| *s != "openid").collect();
+    let now = support::now();
+    json!({
+        "iss": ISSUER,
+        "sub": format!("auth0|{id:024x}"),
+        "aud": [AUDIENCE, format!("{ISSUER}userinfo")],
+        "iat": now,
+        "exp": now + 24 * 3600,
+        "azp": CLIENT_ID,
+        "scope": scope,
+        "permissions": permissions,
+        "https://example.com/org": format!("org_{:04x}", index % 0x1_0000),
+    })
 }
 
 fn read_tokens(load: &Load) -> anyhow::Result<Vec<String>> {
@@ -191,8 +304,16 @@ fn read_tokens(load: &Load) -> anyhow::Result<Vec<String>> {
     Ok(tokens)
 }
 
+/// The first line of the tokens file (without reading the other 99,999).
 fn first_token(load: &Load) -> anyhow::Result<String> {
-    Ok(read_tokens(load)?.swap_remove(0))
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(&load.tokens)
+        .with_context(|| format!("reading {}", load.tokens.display()))?;
+    let mut line = String::new();
+    std::io::BufReader::new(file).read_line(&mut line)?;
+    let token = line.trim_end();
+    ensure!(!token.is_empty(), "{} has no tokens", load.tokens.display());
+    Ok(token.to_string())
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -203,12 +324,12 @@ enum Protocol {
     Http,
 }
 
-/// One pre-encoded request: headers are rebuilt per request (h2 takes them
+/// One pre-encoded request: headers are cloned per request (h2 takes them
 /// by value), the body is shared.
 struct Prepared {
     protocol: Protocol,
     uri: http::Uri,
-    authorization: http::HeaderValue,
+    headers: http::HeaderMap,
     body: Bytes,
 }
 
@@ -237,26 +358,36 @@ impl Prepared {
             }
             Protocol::Http => (format!("http://{}{PATH}", load.host), Bytes::new()),
         };
+        let headers: Vec<(&str, &str)> = match protocol {
+            Protocol::Grpc => vec![("content-type", "application/grpc"), ("te", "trailers")],
+            Protocol::Http => std::iter::once(("authorization", bearer.as_str()))
+                .chain(CLIENT_HEADERS.iter().copied())
+                .collect(),
+        };
+        let headers = headers
+            .into_iter()
+            .map(|(name, value)| Ok((name.parse::<http::HeaderName>()?, value.parse()?)))
+            .collect::<anyhow::Result<_>>()?;
         Ok(Prepared {
             protocol,
             uri: uri.parse()?,
-            authorization: bearer.parse()?,
+            headers,
             body,
         })
     }
 
     fn request(&self) -> http::Request<()> {
-        let builder = http::Request::builder().uri(self.uri.clone());
-        let builder = match self.protocol {
-            Protocol::Grpc => builder
-                .method("POST")
-                .header("content-type", "application/grpc")
-                .header("te", "trailers"),
-            Protocol::Http => builder
-                .method("GET")
-                .header("authorization", self.authorization.clone()),
+        let method = match self.protocol {
+            Protocol::Grpc => http::Method::POST,
+            Protocol::Http => http::Method::GET,
         };
-        builder.body(()).expect("a static request is valid")
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(self.uri.clone())
+            .body(())
+            .expect("a static request is valid");
+        *request.headers_mut() = self.headers.clone();
+        request
     }
 
     /// Sends the request; `Ok(true)` when it was allowed.
@@ -277,7 +408,9 @@ impl Prepared {
             data.extend_from_slice(&chunk);
         }
         match self.protocol {
-            Protocol::Http => Ok(status == http::StatusCode::OK),
+            Protocol::Http => {
+                Ok(status == http::StatusCode::OK && data == UPSTREAM_BODY.as_bytes())
+            }
             Protocol::Grpc => {
                 let trailers = body.trailers().await?.unwrap_or_default();
                 let grpc_ok = trailers.get("grpc-status").is_some_and(|s| s == "0");
@@ -418,4 +551,95 @@ async fn each_once(load: &Load, tokens: Vec<String>) -> anyhow::Result<Report> {
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Writes the bootstrap of one variant of the Envoy comparison: the shipped
+/// `manifests/envoy/envoy.yaml` (ports replaced by
+/// `support::envoy::envoy_config`, which checks they are where its comment
+/// says) with its access log dropped and its ext_authz filter kept, trimmed
+/// or replaced by the filters of `benches/envoy/*.yaml`.
+fn envoy_config(args: &EnvoyConfig) -> anyhow::Result<()> {
+    use serde_yaml_ng::Value as Yaml;
+    let mut config =
+        support::envoy::envoy_config(args.listen, args.admin, args.upstream, args.scopegate);
+    let manager = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"];
+    ensure!(
+        remove_key(manager, "access_log").is_some(),
+        "envoy.yaml: no access_log to drop"
+    );
+    let filters = support::envoy::http_filters(&mut config);
+    let ext_authz = filters
+        .iter()
+        .position(|f| f["name"] == "envoy.filters.http.ext_authz")
+        .context("envoy.yaml has no ext_authz filter")?;
+    let mut clusters = Vec::new();
+    match args.variant {
+        EnvoyVariant::Scopegate => {}
+        EnvoyVariant::ScopegateAllHeaders => ensure!(
+            remove_key(&mut filters[ext_authz]["typed_config"], "allowed_headers").is_some(),
+            "envoy.yaml: ext_authz has no allowed_headers to drop"
+        ),
+        EnvoyVariant::None => {
+            filters.remove(ext_authz);
+        }
+        EnvoyVariant::JwtAuthn | EnvoyVariant::JwtAuthnRbac => {
+            let mut jwt = bench_yaml("jwt_authn.yaml", args.jwks)?;
+            let mut jwt_filters = take_list(&mut jwt, "http_filters")?;
+            let provider = &mut jwt_filters[0]["typed_config"]["providers"]["loadtest"];
+            if args.no_jwt_cache {
+                ensure!(
+                    remove_key(provider, "jwt_cache_config").is_some(),
+                    "jwt_authn.yaml: no jwt_cache_config to drop"
+                );
+            }
+            if args.variant == EnvoyVariant::JwtAuthnRbac {
+                let mut rbac = bench_yaml("rbac.yaml", args.jwks)?;
+                let Yaml::Mapping(additions) =
+                    remove_key(&mut rbac, "provider").unwrap_or_default()
+                else {
+                    bail!("rbac.yaml: `provider` is not a mapping");
+                };
+                let provider = provider
+                    .as_mapping_mut()
+                    .context("a provider is a mapping")?;
+                provider.extend(additions);
+                jwt_filters.extend(take_list(&mut rbac, "http_filters")?);
+            }
+            filters.splice(ext_authz..=ext_authz, jwt_filters);
+            clusters = take_list(&mut jwt, "clusters")?;
+        }
+    }
+    config["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .context("envoy.yaml has clusters")?
+        .extend(clusters);
+    std::fs::write(&args.out, serde_yaml_ng::to_string(&config)?)
+        .with_context(|| format!("writing {}", args.out.display()))
+}
+
+/// `benches/envoy/NAME` with `${ISSUER}`, `${AUDIENCE}` and `${JWKS_PORT}`
+/// filled in.
+fn bench_yaml(name: &str, jwks_port: u16) -> anyhow::Result<serde_yaml_ng::Value> {
+    let path = format!("{}/benches/envoy/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path}"))?
+        .replace("${ISSUER}", ISSUER)
+        .replace("${AUDIENCE}", AUDIENCE)
+        .replace("${JWKS_PORT}", &jwks_port.to_string());
+    serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {path}"))
+}
+
+fn remove_key(value: &mut serde_yaml_ng::Value, key: &str) -> Option<serde_yaml_ng::Value> {
+    value.as_mapping_mut()?.remove(key)
+}
+
+fn take_list(
+    value: &mut serde_yaml_ng::Value,
+    key: &str,
+) -> anyhow::Result<Vec<serde_yaml_ng::Value>> {
+    match remove_key(value, key) {
+        Some(serde_yaml_ng::Value::Sequence(list)) => Ok(list),
+        _ => bail!("no `{key}` list"),
+    }
 }

@@ -6,7 +6,9 @@
 //! headers; the test asserts the Check spans join those traces with the
 //! decision's attributes and never carry the token, that the JSON decision
 //! log has one line per deny, and that SIGTERM flushes what was queued (the
-//! export intervals are far longer than the test).
+//! export intervals are far longer than the test). The traces are joined
+//! through real Envoy on the shipped `manifests/envoy/envoy.yaml` too, whose
+//! `allowed_headers` must let every form of trace context through.
 
 mod support;
 
@@ -307,6 +309,73 @@ async fn check_spans_join_the_callers_trace_and_are_exported_over_otlp_grpc() {
         ("path", "/orders"),
     ] {
         assert_eq!(deny[key], value, "{key} in {deny}");
+    }
+}
+
+/// Through the shipped `manifests/envoy/envoy.yaml`, which sends scopegate
+/// only the request headers it reads (`allowed_headers`): each form of
+/// trace context (W3C, single `b3`, the `x-b3-*` headers) must be among
+/// them, or a Check through Envoy starts a trace of its own.
+#[tokio::test]
+async fn check_spans_join_the_trace_through_the_shipped_envoy_config() {
+    let (receiver, otlp_addr) = Receiver::start().await;
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let (mut server, _client, _dir) = start_scopegate(
+        &jwks,
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &format!("http://{otlp_addr}"),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    )
+    .await;
+    let upstream = support::envoy::echo_upstream().await;
+    let (_envoy, port) = support::envoy::start_envoy(server.grpc_addr.port(), upstream).await;
+
+    // (trace id, parent span id, the headers that carry them)
+    let traces = [
+        (
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "00f067aa0ba902b7",
+            &[(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )][..],
+        ),
+        (
+            "80f198ee56343ba864fe8b2a57d3eff7",
+            "e457b5a2e4d86bd1",
+            &[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")],
+        ),
+        (
+            "a3ce929d0e0e47364bf92f3577b34da6",
+            "05e3ac9a4f6e3b90",
+            &[
+                ("x-b3-traceid", "a3ce929d0e0e47364bf92f3577b34da6"),
+                ("x-b3-spanid", "05e3ac9a4f6e3b90"),
+                ("x-b3-sampled", "1"),
+            ],
+        ),
+    ];
+    let bearer = format!("Bearer {}", KEY_A.sign(&claims(&jwks.issuer())));
+    let http = reqwest::Client::new();
+    for (_, _, headers) in &traces {
+        let mut request = http
+            .get(format!("http://127.0.0.1:{port}/orders/42"))
+            .header("host", HOST)
+            .header("authorization", &bearer);
+        for (name, value) in *headers {
+            request = request.header(*name, *value);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 200, "{headers:?}");
+    }
+
+    server.terminate(Duration::from_secs(20)).await;
+    for (trace, parent, headers) in &traces {
+        let (_, span) = receiver.check_span(trace);
+        assert_eq!(hex(&span.parent_span_id), *parent, "{headers:?}");
     }
 }
 
