@@ -168,6 +168,16 @@ struct ServeArgs {
         hide_env_values = true
     )]
     dpop_nonce_secret: Option<String>,
+    /// Send `policy`, `rule`, `sub`, `azp`, `scope`, `actor` and `audit_denial` to Envoy as dynamic metadata
+    /// with every allow (for access logs); `false` saves building and encoding them on every Check.
+    #[arg(
+        long,
+        env = "SCOPEGATE_ENVOY_METADATA",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    envoy_metadata: bool,
     /// At start, how long readiness waits for every issuer's keys; after that an unreachable issuer only
     /// makes its own policies answer 503.
     #[arg(long, env = "SCOPEGATE_STARTUP_KEY_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -317,6 +327,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         replay_store: crate::pop::ReplayStore::from_flag(Some(&args.replay_store))
             .context("--replay-store (SCOPEGATE_REPLAY_STORE)")?,
         dpop_nonces: dpop_nonces(args.dpop_nonce_secret.as_deref())?,
+        envoy_metadata: args.envoy_metadata,
         startup_key_wait: args.startup_key_wait,
         shutdown_drain_delay: args.shutdown_drain_delay,
         shutdown_grace: args.shutdown_grace,

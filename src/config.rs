@@ -37,6 +37,9 @@ pub struct ServeConfig {
     /// Server nonces for DPoP proofs (`--dpop-nonce-secret`): `None` when
     /// off; replicas with the same secret accept each other's nonces.
     pub dpop_nonces: Option<std::sync::Arc<crate::pop::NonceIssuer>>,
+    /// Whether allows carry dynamic metadata for Envoy's access logs
+    /// (`--envoy-metadata`).
+    pub envoy_metadata: bool,
     /// How long after start `/readyz` waits for every issuer's keys before
     /// it stops counting an unreachable issuer against readiness.
     pub startup_key_wait: Duration,
@@ -81,6 +84,7 @@ impl ServeConfig {
                 crate::pop::InMemoryReplayStore::DEFAULT_MAX_ENTRIES,
             )),
             dpop_nonces: None,
+            envoy_metadata: true,
             startup_key_wait: Duration::from_secs(10),
             shutdown_drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),

@@ -202,7 +202,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             token_cache.clone(),
             config.replay_store.clone(),
         )
-        .with_dpop_nonces(config.dpop_nonces.clone()),
+        .with_dpop_nonces(config.dpop_nonces.clone())
+        .with_envoy_metadata(config.envoy_metadata),
         health_service,
         stopped.clone(),
     )?);

@@ -248,6 +248,35 @@ async fn invalid_edit_keeps_the_last_good_policy_and_a_valid_edit_applies() {
     }
 }
 
+/// Only a change that can change the policies reloads them: a log file
+/// written next to the policies (or notes, or an editor's swap file) used
+/// to reload all of them on every write (issue 14: with 10,000 policies and
+/// the log in the same directory, scopegate reloaded in a loop).
+#[tokio::test]
+async fn only_policy_files_in_the_watched_directory_trigger_a_reload() {
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
+    let sg = Scopegate::start(&policy).await;
+    let reloads = || sg.running.snapshot().last_reload();
+
+    write(sg.policy_dir(), "scopegate.log", "a log line\n");
+    write(sg.policy_dir(), "notes.txt", "not a policy\n");
+    write(sg.policy_dir(), ".policies.yaml.swp", "swap\n");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(reloads(), None, "no policy file changed");
+
+    write(sg.policy_dir(), "policies.yaml", &policy);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reloads().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a policy file change was not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reloads().unwrap().result, "success");
+}
+
 #[test]
 fn crd_command_prints_the_custom_resource_definition() {
     let out = run(["crd"]);

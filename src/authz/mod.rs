@@ -57,6 +57,8 @@ pub struct CheckService {
     snapshot: SnapshotHandle,
     token_cache: Arc<TokenCache>,
     proofs: ProofStage,
+    /// Whether allows carry dynamic metadata ([`response::allow`]).
+    envoy_metadata: bool,
 }
 
 impl CheckService {
@@ -83,6 +85,7 @@ impl CheckService {
                 replay,
                 nonces: None,
             },
+            envoy_metadata: true,
         }
     }
 
@@ -90,6 +93,13 @@ impl CheckService {
     /// `nonces` (RFC 9449 §8); `None` leaves nonces off.
     pub fn with_dpop_nonces(mut self, nonces: Option<Arc<NonceIssuer>>) -> Self {
         self.proofs.nonces = nonces;
+        self
+    }
+
+    /// The same service answering allows with (`true`, the default) or
+    /// without dynamic metadata for Envoy's access logs.
+    pub fn with_envoy_metadata(mut self, envoy_metadata: bool) -> Self {
+        self.envoy_metadata = envoy_metadata;
         self
     }
 
@@ -197,7 +207,7 @@ impl CheckService {
                 response::resource_metadata(resource)
             }
             Decision::Allow(allowed) => {
-                let response = response::allow(&served.policy, &allowed);
+                let response = response::allow(&served.policy, &allowed, self.envoy_metadata);
                 let outcome = match &allowed.audited_denial {
                     Some(denial) => {
                         let token = allowed.token.as_deref();

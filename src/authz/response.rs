@@ -29,10 +29,10 @@ mod code {
 
 /// An `OkHttpResponse` that sets every claim header the token has and
 /// removes every other configured claim header, so that client-sent copies
-/// never reach the upstream. `dynamic_metadata` carries `policy`, `rule`,
-/// `sub`, `azp`, `scope` and `actor` (the `act` chain, outermost first) for
-/// Envoy access logs.
-pub fn allow(policy: &CompiledPolicy, allowed: &Allowed) -> CheckResponse {
+/// never reach the upstream. With `envoy_metadata`, `dynamic_metadata`
+/// carries `policy`, `rule`, `sub`, `azp`, `scope` and `actor` (the `act`
+/// chain, outermost first) for Envoy access logs.
+pub fn allow(policy: &CompiledPolicy, allowed: &Allowed, envoy_metadata: bool) -> CheckResponse {
     let mut headers = Vec::with_capacity(policy.claim_headers.len());
     let mut headers_to_remove = Vec::new();
     for claim_header in policy.claim_headers.iter() {
@@ -49,6 +49,23 @@ pub fn allow(policy: &CompiledPolicy, allowed: &Allowed) -> CheckResponse {
             None => headers_to_remove.push(claim_header.header.to_string()),
         }
     }
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: code::OK,
+            ..Default::default()
+        }),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers,
+            headers_to_remove,
+            ..Default::default()
+        })),
+        dynamic_metadata: envoy_metadata.then(|| allow_metadata(policy, allowed)),
+    }
+}
+
+/// The dynamic metadata of an allow: `policy`, `rule`, and the token's
+/// `sub`, `azp`, `scope`, `actor`; `audit_denial` for an audited denial.
+fn allow_metadata(policy: &CompiledPolicy, allowed: &Allowed) -> Struct {
     let mut metadata = HashMap::with_capacity(7);
     let mut put = |key: &str, value: &str| metadata.insert(key.to_string(), string_value(value));
     put("policy", &policy.id);
@@ -69,18 +86,7 @@ pub fn allow(policy: &CompiledPolicy, allowed: &Allowed) -> CheckResponse {
     if let Some(denial) = &allowed.audited_denial {
         put("audit_denial", denial.reason);
     }
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: code::OK,
-            ..Default::default()
-        }),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers,
-            headers_to_remove,
-            ..Default::default()
-        })),
-        dynamic_metadata: Some(Struct { fields: metadata }),
-    }
+    Struct { fields: metadata }
 }
 
 /// A `DeniedHttpResponse`: the status, an RFC 6750 `WWW-Authenticate`

@@ -133,6 +133,21 @@ pub(crate) fn expand(paths: &[PathBuf], errors: &mut Vec<FileError>) -> Vec<Path
     files
 }
 
+/// Whether a change to `path`, in a watched directory, can change the
+/// policies: a YAML file, or Kubernetes' atomic swap of a mounted
+/// ConfigMap or Secret (`..data`, `..2026_11_30_…`). Anything else (a log
+/// file, notes, an editor's swap file) does not reload.
+fn is_policy_change(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let yaml = path
+        .extension()
+        .is_some_and(|ext| ext == "yaml" || ext == "yml");
+    name.starts_with("..") || (yaml && !name.starts_with('.'))
+}
+
 fn is_policy_file(path: &Path) -> bool {
     let visible = path
         .file_name()
@@ -291,7 +306,7 @@ pub fn watch(
     crate::metrics::policy_reloads_watched();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
+        if event.is_ok_and(|e| !e.kind.is_access() && e.paths.iter().any(|p| is_policy_change(p))) {
             let _ = tx.send(());
         }
     })?;
