@@ -11,7 +11,6 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
 
 use crate::jwks::JwksRegistry;
 use crate::policy::{PolicyState, SnapshotHandle};
@@ -49,27 +48,37 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         && !waiting_for_keys
         && !state.shutting_down.load(Ordering::Acquire);
     let snapshot = state.snapshot.load();
-    let policies: Vec<_> = snapshot
+    let policies: Vec<PolicyReport<'_>> = snapshot
         .reported()
-        .map(|(id, policy_state, reported)| match policy_state {
-            PolicyState::Accepted => json!({"policy": &**id, "state": reported.reason()}),
-            PolicyState::Invalid {
-                errors,
-                serving_last_good,
-            } => json!({
-                "policy": &**id,
-                "state": "Invalid",
-                "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "servingLastGood": serving_last_good,
-            }),
-            PolicyState::HostConflict {
-                host,
-                winner,
-                winner_host,
-            } => json!({
-                "policy": &**id, "state": "HostConflict", "host": host, "winner": &**winner,
-                "winnerHost": winner_host,
-            }),
+        .map(|(id, policy_state, reported)| {
+            let report = PolicyReport {
+                policy: id,
+                state: reported.reason(),
+                ..PolicyReport::default()
+            };
+            match policy_state {
+                PolicyState::Accepted => report,
+                PolicyState::Invalid {
+                    errors,
+                    serving_last_good,
+                } => PolicyReport {
+                    errors: Some(errors.iter().map(ToString::to_string).collect()),
+                    serving_last_good: Some(*serving_last_good),
+                    state: "Invalid",
+                    ..report
+                },
+                PolicyState::HostConflict {
+                    host,
+                    winner,
+                    winner_host,
+                } => PolicyReport {
+                    host: Some(host),
+                    winner: Some(winner),
+                    winner_host: Some(winner_host),
+                    state: "HostConflict",
+                    ..report
+                },
+            }
         })
         .collect();
     let status = if ready {
@@ -77,15 +86,48 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "ready": ready,
-        "shuttingDown": state.shutting_down.load(Ordering::Acquire),
-        "waitingForKeys": waiting_for_keys,
-        "policies": policies,
-        "jwks": jwks,
-        "lastReload": state.snapshot.last_reload(),
-    });
-    (status, Json(body))
+    let body = ReadyzBody {
+        jwks,
+        last_reload: state.snapshot.last_reload(),
+        policies,
+        ready,
+        shutting_down: state.shutting_down.load(Ordering::Acquire),
+        waiting_for_keys,
+    };
+    (status, Json(body)).into_response()
+}
+
+/// The `/readyz` body. Serialized straight from borrowed parts: a JSON
+/// tree per policy would allocate tens of thousands of small values on
+/// every probe with 10,000 policies, and glibc would keep the freed memory
+/// resident (+16 MiB RSS, measured).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadyzBody<'a> {
+    jwks: Vec<crate::jwks::JwksState>,
+    last_reload: Option<crate::policy::ReloadReport>,
+    policies: Vec<PolicyReport<'a>>,
+    ready: bool,
+    shutting_down: bool,
+    waiting_for_keys: bool,
+}
+
+/// One policy in `/readyz`.
+#[derive(Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PolicyReport<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<&'a str>,
+    policy: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    serving_last_good: Option<bool>,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    winner: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    winner_host: Option<&'a str>,
 }
 
 async fn metrics() -> impl IntoResponse {

@@ -16,8 +16,8 @@ pub use compile::{
 };
 pub use matching::{AmbiguousPath, HostPattern, PathPattern, RequestPath, normalize_host};
 pub use snapshot::{
-    Candidate, PolicySnapshot, PolicyState, ReportedState, ServedIssuer, ServedPolicy,
-    SnapshotHandle, Verification,
+    Candidate, PolicySnapshot, PolicyState, ReloadReport, ReportedState, ServedIssuer,
+    ServedPolicy, SnapshotHandle, Verification,
 };
 pub use spec::{
     DefaultAction, Mode, PopMechanism, ProofOfPossessionSpec, TokenPolicy, TokenPolicySpec,
