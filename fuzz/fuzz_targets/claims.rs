@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use scopegate::token::{Algorithm, IssuerRules, validate_unsigned_claims_for_fuzzing};
+use scopegate::token::{Algorithm, IssuerRules, ReadClaims as _, validate_unsigned_claims_for_fuzzing};
 
 fuzz_target!(|data: &[u8]| {
     let rules = IssuerRules {

@@ -256,8 +256,11 @@ struct Entry {
 }
 
 /// Per-entry bookkeeping of the cache itself (its node, the key's and the
-/// entry's `Arc`s, the expiry timer), measured roughly for moka 0.12.
-const CACHE_NODE_BYTES: usize = 256;
+/// entry's `Arc`s, the expiry timer, ~300 bytes for moka 0.12) plus
+/// malloc's per-allocation overhead over an entry's dozen allocations:
+/// with it, an Auth0-shaped entry counts ~1 KiB, what it adds to RSS
+/// (1,030 bytes per entry over 100,000 entries, docs/performance.md).
+const CACHE_NODE_BYTES: usize = 600;
 
 impl Entry {
     /// The entry's real size: the key, the entry, the prepared token with
