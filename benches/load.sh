@@ -8,14 +8,16 @@
 #   (b) scopegate, token cache off (every Check verifies RS256 in full, as a
 #       never-seen token would)
 #   (c) examples/noop_authz.rs: a tonic ext_authz server that answers OK
-# and prints req/s, p50/p99/p99.9, server CPU per Check and the ratios a/c
-# and b/c; then `openssl speed rsa2048` verify/s and scopegate's RSS (idle,
+#   (d) (a) with --envoy-metadata false (allows without dynamic metadata)
+# and prints req/s, p50/p99/p99.9, server CPU per Check and the ratios a/c,
+# b/c and d/c; then `openssl speed rsa2048` verify/s and scopegate's RSS (idle,
 # 10,000 policies, + 100,000 cached tokens).
 #
 # Then real Envoy (--concurrency 1) in front of the same upstream, compared
 # with Envoy's own JWT verification: no auth filter; jwt_authn; jwt_authn +
 # RBAC requiring the policy's scope; ext_authz to scopegate as shipped
-# (allowed_headers) and with every header; each cache on and off. It prints
+# (allowed_headers), with every header and without metadata; the no-op
+# server as the ext_authz (the floor of the hop); each cache on and off. It prints
 # req/s, p50/p99 and the CPU each process spent per 1,000 requests, and the
 # ratios scopegate / jwt_authn. The configs are manifests/envoy/envoy.yaml
 # edited by `loadgen envoy-config` (jwt_authn and RBAC: benches/envoy/*.yaml).
