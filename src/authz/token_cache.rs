@@ -45,7 +45,9 @@ use moka::Expiry;
 
 use crate::jwks::{JwksCache, KeyFingerprint};
 use crate::policy::{ServedIssuer, Verification};
-use crate::token::{Algorithm, ClaimSelection, ReadClaims, RetainedClaims, VerifiedToken};
+use crate::token::{
+    Algorithm, ClaimSelection, ReadClaims, RetainedClaims, ScopeList, VerifiedToken,
+};
 
 /// Size and lifetime bounds of the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,11 +98,8 @@ pub struct PreparedToken {
     claims: RetainedClaims,
     expires_at: u64,
     verification: Arc<Verification>,
-    /// The granted scopes, sorted, deduplicated and space-separated.
-    scope_line: Box<str>,
-    /// Where each scope ends in `scope_line` (a scope from an array claim
-    /// may itself hold a space).
-    scope_ends: Box<[u32]>,
+    /// The granted scopes, sorted and deduplicated.
+    scopes: ScopeList,
     /// The claims as a CEL value, built the first time a condition reads
     /// them and kept with the cached token.
     condition_claims: std::sync::OnceLock<cel::Value>,
@@ -114,58 +113,30 @@ impl PreparedToken {
         verification: Arc<Verification>,
         selection: &Arc<ClaimSelection>,
     ) -> Self {
-        let scopes = token.scopes(&verification.scope_claims);
-        let scope_line = scopes.joined().into_boxed_str();
-        let mut end = 0;
-        let scope_ends = scopes
-            .iter()
-            .map(|scope| {
-                end += scope.len();
-                let this = end;
-                end += 1;
-                u32::try_from(this).unwrap_or(u32::MAX)
-            })
-            .collect();
+        let scopes = ScopeList::from(token.scopes(&verification.scope_claims));
         let expires_at = token.expires_at();
         PreparedToken {
             claims: token.retain(selection),
             expires_at,
             verification,
-            scope_line,
-            scope_ends,
+            scopes,
             condition_claims: std::sync::OnceLock::new(),
         }
     }
 
     /// Whether `scope` is granted.
     pub fn has_scope(&self, scope: &str) -> bool {
-        let (mut low, mut high) = (0, self.scope_ends.len());
-        while low < high {
-            let middle = (low + high) / 2;
-            match self.scope_at(middle).cmp(scope) {
-                std::cmp::Ordering::Equal => return true,
-                std::cmp::Ordering::Less => low = middle + 1,
-                std::cmp::Ordering::Greater => high = middle,
-            }
-        }
-        false
-    }
-
-    fn scope_at(&self, index: usize) -> &str {
-        let start = index
-            .checked_sub(1)
-            .map_or(0, |previous| self.scope_ends[previous] as usize + 1);
-        &self.scope_line[start..self.scope_ends[index] as usize]
+        self.scopes.contains(scope)
     }
 
     /// The granted scopes, sorted, deduplicated and space-separated.
     pub fn scope_line(&self) -> &str {
-        &self.scope_line
+        self.scopes.line()
     }
 
     /// The granted scopes, sorted and deduplicated.
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
-        (0..self.scope_ends.len()).map(|i| self.scope_at(i))
+        self.scopes.iter()
     }
 
     /// `exp`, in seconds since the Unix epoch.
@@ -197,10 +168,7 @@ impl PreparedToken {
 
     /// Bytes this value holds, itself included.
     pub fn heap_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.claims.heap_bytes()
-            + self.scope_line.len()
-            + self.scope_ends.len() * std::mem::size_of::<u32>()
+        std::mem::size_of::<Self>() + self.claims.heap_bytes() + self.scopes.heap_bytes()
     }
 }
 

@@ -459,6 +459,71 @@ impl<'a> Scopes<'a> {
     }
 }
 
+/// [`Scopes`] packed for keeping: one string, the scopes sorted and
+/// space-separated, and where each ends (a scope from an array claim may
+/// itself hold a space, so the string alone would not say).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeList {
+    line: Box<str>,
+    ends: Box<[u32]>,
+}
+
+impl From<Scopes<'_>> for ScopeList {
+    fn from(scopes: Scopes<'_>) -> Self {
+        let mut end = 0;
+        let ends = scopes
+            .iter()
+            .map(|scope| {
+                let this = end + scope.len();
+                end = this + 1;
+                u32::try_from(this).unwrap_or(u32::MAX)
+            })
+            .collect();
+        ScopeList {
+            line: scopes.joined().into_boxed_str(),
+            ends,
+        }
+    }
+}
+
+impl ScopeList {
+    /// Whether `scope` is granted.
+    pub fn contains(&self, scope: &str) -> bool {
+        let (mut low, mut high) = (0, self.ends.len());
+        while low < high {
+            let middle = (low + high) / 2;
+            match self.get(middle).cmp(scope) {
+                std::cmp::Ordering::Equal => return true,
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+            }
+        }
+        false
+    }
+
+    /// The scopes, sorted.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.ends.len()).map(|i| self.get(i))
+    }
+
+    /// The scopes, space-separated (the OAuth `scope` form).
+    pub fn line(&self) -> &str {
+        &self.line
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.line.len() + self.ends.len() * std::mem::size_of::<u32>()
+    }
+
+    fn get(&self, index: usize) -> &str {
+        let start = index
+            .checked_sub(1)
+            .map_or(0, |previous| self.ends[previous] as usize + 1);
+        &self.line[start..self.ends[index] as usize]
+    }
+}
+
 /// The largest NumericDate accepted: 2^53 − 1, the largest integer every
 /// JSON implementation reads exactly (RFC 7493); larger values are how
 /// overflow attacks start.

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 pub use algorithm::{Algorithm, AlgorithmSet, KeyFamily};
 pub use claims::{
-    ClaimSelection, ReadClaims, RetainedClaims, Scopes, VerifiedToken, top_level_name,
+    ClaimSelection, ReadClaims, RetainedClaims, ScopeList, Scopes, VerifiedToken, top_level_name,
 };
 
 /// Tokens longer than this are rejected before any decoding.

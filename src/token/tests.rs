@@ -51,6 +51,27 @@ fn with(field: &str, value: Value) -> String {
 }
 
 #[test]
+fn a_packed_scope_list_keeps_scopes_that_hold_spaces_apart() {
+    let mut c = claims();
+    c["scope"] = json!("write:orders read:orders read:orders");
+    c["permissions"] = json!(["a b", "admin"]);
+    let token = verify(&SIGNER.sign(&c)).unwrap();
+    let list = ScopeList::from(token.scopes(&["scope".into(), "permissions".into()]));
+    assert_eq!(list.line(), "a b admin read:orders write:orders");
+    assert_eq!(
+        list.iter().collect::<Vec<_>>(),
+        ["a b", "admin", "read:orders", "write:orders"]
+    );
+    for granted in ["a b", "admin", "read:orders", "write:orders"] {
+        assert!(list.contains(granted), "{granted}");
+    }
+    for not_granted in ["a", "b", "", "read", "admin read:orders", "zzz"] {
+        assert!(!list.contains(not_granted), "{not_granted:?}");
+    }
+    assert!(!ScopeList::default().contains(""));
+}
+
+#[test]
 fn a_good_token_verifies_and_exposes_its_claims() {
     let token = verify(&SIGNER.sign(&claims())).unwrap();
     assert_eq!(token.subject(), Some("user"));
