@@ -149,11 +149,6 @@ impl PreparedToken {
         &self.verification.issuer.issuer
     }
 
-    /// The kept claims.
-    pub fn claims(&self) -> &RetainedClaims {
-        &self.claims
-    }
-
     /// The claims as a CEL value (`claims` of conditions), built once.
     pub fn condition_claims(&self) -> &cel::Value {
         self.condition_claims.get_or_init(|| {

@@ -179,11 +179,6 @@ impl ClaimSelection {
         }
     }
 
-    /// Whether every claim is kept.
-    pub fn keeps_all(&self) -> bool {
-        self.all
-    }
-
     /// Whether a token retained with `self` has every claim `other` keeps.
     pub fn covers(&self, other: &ClaimSelection) -> bool {
         std::ptr::eq(self, other)
