@@ -78,6 +78,7 @@ struct Metrics {
     token_cache_hits: Counter<u64>,
     token_cache_misses: Counter<u64>,
     policy_reloads: Counter<u64>,
+    status_writes: Counter<u64>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -197,6 +198,12 @@ impl Metrics {
             policy_reloads: meter
                 .u64_counter("scopegate.policy.reloads")
                 .with_description("Reloads of the policy files by result (success, invalid).")
+                .build(),
+            status_writes: meter
+                .u64_counter("scopegate.status.writes")
+                .with_description(
+                    "TokenPolicy status writes by the leader, by result (success, error).",
+                )
                 .build(),
             provider,
             registry,
@@ -361,6 +368,13 @@ pub fn policy_reloads_watched() {
 pub fn policy_reload(result: &'static str) {
     metrics()
         .policy_reloads
+        .add(1, &[KeyValue::new("result", result)]);
+}
+
+/// A TokenPolicy status write (`scopegate_status_writes_total{result}`).
+pub fn status_write(result: &'static str) {
+    metrics()
+        .status_writes
         .add(1, &[KeyValue::new("result", result)]);
 }
 

@@ -47,7 +47,7 @@ pub use trace_context::extract_parent;
 
 use crate::mcp::McpBody;
 use crate::metrics::{self, DecisionLabel};
-use crate::policy::{ServedPolicy, SnapshotHandle, normalize_host};
+use crate::policy::{HostEntry, ServedPolicy, SnapshotHandle, normalize_host};
 use crate::pop::{InMemoryReplayStore, NonceIssuer, ReplayStore};
 use crate::token::{ReadClaims as _, unix_now};
 
@@ -140,13 +140,19 @@ impl CheckService {
         let host = normalize_host(raw_host);
         let request = Some((&*host, http));
         let snapshot = self.snapshot.load();
-        let Some(served) = snapshot.lookup(&host).cloned() else {
-            let denial = match snapshot.held_by(&host) {
-                Some(_) => Denial::policy_held(),
-                None => Denial::unknown_host(),
-            };
-            Outcome::denied(None, request, &denial, None).report(span, started);
-            return response::deny(&host, &denial, None);
+        // Held hosts resolve like served ones: the most specific pattern
+        // decides, so a host held for an invalid policy answers 503 before
+        // any wider wildcard of another policy is consulted.
+        let served = match snapshot.resolve(&host) {
+            Some(HostEntry::Served(served)) => served.clone(),
+            held_or_unknown => {
+                let denial = match held_or_unknown {
+                    Some(HostEntry::Held(_)) => Denial::policy_held(),
+                    _ => Denial::unknown_host(),
+                };
+                Outcome::denied(None, request, &denial, None).report(span, started);
+                return response::deny(&host, &denial, None);
+            }
         };
         let attributes = HttpAttributes {
             host: &host,

@@ -112,12 +112,22 @@ impl JwksCache {
     /// A cache holding `keys` for `source`, which never fetches: for
     /// `scopegate test`, where tokens are signed by an in-memory issuer key.
     pub fn fixed(source: JwksSource, keys: KeySet) -> Arc<Self> {
+        Self::never_fetching(source, ArcSwapOption::from_pointee(keys))
+    }
+
+    /// A cache without keys that never fetches: for computing policy
+    /// states without serving them (`scopegate validate`).
+    pub fn unfetched(source: JwksSource) -> Arc<Self> {
+        Self::never_fetching(source, ArcSwapOption::empty())
+    }
+
+    fn never_fetching(source: JwksSource, keys: ArcSwapOption<KeySet>) -> Arc<Self> {
         Arc::new(JwksCache {
             label: source.to_string().into(),
             source,
             client: reqwest::Client::new(),
             settings: JwksSettings::default(),
-            keys: ArcSwapOption::from_pointee(keys),
+            keys,
             attempts: AtomicU64::new(0),
             fetch_lock: tokio::sync::Mutex::new(FetchState::default()),
             last_miss_fetch_finished: Mutex::new(None),

@@ -1,27 +1,33 @@
 //! The in-memory index of `TokenPolicy` objects seen by the watchers.
 //!
 //! Watch events are applied here; each object's spec is compiled when it
-//! changes (not when only its status or metadata does). An object whose new
-//! spec does not compile keeps its last good compiled version, which goes on
-//! serving. [`PolicyIndex::candidates`] orders the objects by how long they
-//! have been servable, for [`crate::policy::PolicySnapshot::build`]: a host
-//! stays with the policy that could serve it first, and a policy that
-//! becomes valid later (created later, or fixed later) cannot take it.
+//! changes (not when only its status or metadata does) and handed to the
+//! [`SnapshotBuilder`], which keeps the compiled versions and host
+//! ownership and publishes the next snapshot at a cost that follows what
+//! changed. An object whose new spec does not compile keeps its last good
+//! compiled version, which goes on serving.
 //!
-//! So that every replica resolves conflicts the same way, "servable since"
-//! is the creation time for an object that was valid when first seen, the
-//! time of the fix for one that was seen invalid, and objects whose status
-//! records a lost host conflict (the leader's decision, read by a replica
-//! that starts later) come after all others.
+//! Ownership follows how long an object has been servable: a host stays
+//! with the policy that could serve it first, and a policy that becomes
+//! valid later (created later, or fixed later) cannot take it. So that
+//! every replica resolves conflicts the same way, "servable since" is the
+//! creation time for an object that was valid when first seen, the time of
+//! the fix for one that was seen invalid, and objects whose status records
+//! a lost host conflict (the leader's decision, read by a replica that
+//! starts later) come after all others.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt as _;
 
+use super::status::StatusInput;
+use crate::jwks::{JwksCache, JwksSource};
 use crate::policy::spec::TokenPolicyStatus;
 use crate::policy::{
-    Candidate, CompiledPolicy, FieldError, HostPattern, PolicyId, TokenPolicy, TokenPolicySpec,
+    CompiledPolicy, HostPattern, PolicyId, PolicySnapshot, Seniority, SnapshotBuilder,
+    TokenPolicy, TokenPolicySpec,
 };
 
 /// `namespace/name` of an object, ordered for deterministic iteration.
@@ -47,22 +53,31 @@ impl ObjectKey {
     }
 }
 
-/// What the index knows of one object.
+/// What the index keeps of one object: what its status and its place in
+/// host ownership are computed from. The compiled versions live in the
+/// [`SnapshotBuilder`], once.
 #[derive(Debug, Clone)]
 pub struct IndexedPolicy {
     /// `metadata.creationTimestamp`: older policies win host conflicts.
     pub created: Option<Time>,
     /// `metadata.generation`, reported back as `observedGeneration`.
     pub generation: Option<i64>,
-    /// The spec as last compiled.
-    spec: TokenPolicySpec,
-    /// The compilation result.
-    pub compiled: Result<CompiledPolicy, Vec<FieldError>>,
-    /// The last version that compiled, kept while `compiled` is an error.
-    last_good: Option<CompiledPolicy>,
-    /// Without `last_good` while `compiled` is an error: the hosts the
-    /// object's status says it served (written by a leader that saw its last
-    /// good version), held for it so no other policy takes them.
+    /// `metadata.resourceVersion` of the last event seen.
+    pub resource_version: Option<String>,
+    /// SHA-256 of the spec as last compiled: an event with the same digest
+    /// changed only status or metadata.
+    spec_digest: [u8; 32],
+    /// Whether the current spec compiles.
+    compiles: bool,
+    /// The compiled spec's warnings (`field: message`), for the status.
+    warnings: Vec<String>,
+    /// Whether an earlier version compiled (and so serves while the
+    /// current one does not).
+    has_last_good: bool,
+    /// Without a last good version while the spec does not compile: the
+    /// hosts the object's status says it served (written by a leader that
+    /// saw its last good version), held for it so no other policy takes
+    /// them.
     held_hosts: Vec<HostPattern>,
     /// Since when the object has had a servable version: lower ranks own
     /// contested hosts. `None` while it never compiled.
@@ -73,7 +88,7 @@ pub struct IndexedPolicy {
 
 impl IndexedPolicy {
     fn is_servable(&self) -> bool {
-        self.compiled.is_ok() || self.last_good.is_some() || !self.held_hosts.is_empty()
+        self.compiles || self.has_last_good || !self.held_hosts.is_empty()
     }
 
     /// `status.servedHosts`, parsed (an entry that does not parse is left out).
@@ -97,6 +112,19 @@ impl IndexedPolicy {
                     .any(|c| c.type_ == "Ready" && c.reason == "HostConflict")
         })
     }
+
+    /// Its place in host ownership: servable ones by rank, never-valid ones
+    /// last; ties by namespace/name.
+    fn seniority(&self, id: PolicyId) -> Seniority {
+        match self.servable_since {
+            None => Seniority::ranked(2, None, id),
+            Some(rank) => Seniority::ranked(
+                u8::from(rank.lost_before),
+                rank.since.map(|t| t.as_nanosecond()),
+                id,
+            ),
+        }
+    }
 }
 
 /// Which objects one watcher is responsible for: a relist of a scope
@@ -118,11 +146,17 @@ impl Scope {
     }
 }
 
-/// Objects by key, plus relists in progress.
-#[derive(Debug, Default)]
+/// Objects by key, relists in progress, and the builder of the snapshot
+/// they make.
 pub struct PolicyIndex {
     objects: BTreeMap<ObjectKey, IndexedPolicy>,
     relisting: Vec<(Scope, Vec<TokenPolicy>)>,
+    builder: SnapshotBuilder<'static>,
+    /// Objects whose status may have to change since the last publish:
+    /// edited, deleted, or a status or generation seen.
+    touched: HashSet<ObjectKey>,
+    /// Whether the served set may have changed since the last publish.
+    unpublished: bool,
 }
 
 /// An object's place in host ownership: earlier ranks win.
@@ -134,18 +168,41 @@ struct Rank {
     since: Option<k8s_openapi::jiff::Timestamp>,
 }
 
+/// What one object's status should now be computed from, or that it is gone.
+#[derive(Debug)]
+pub enum StatusChange {
+    /// The object's current inputs.
+    Set(ObjectKey, Box<StatusInput>),
+    /// The object was deleted.
+    Removed(ObjectKey),
+}
+
 impl PolicyIndex {
+    /// An empty index whose policies take their key caches from `keys_for`.
+    pub fn new(keys_for: impl FnMut(&JwksSource) -> Arc<JwksCache> + Send + 'static) -> Self {
+        PolicyIndex {
+            objects: BTreeMap::new(),
+            relisting: Vec::new(),
+            builder: SnapshotBuilder::new(keys_for),
+            touched: HashSet::new(),
+            unpublished: false,
+        }
+    }
+
     /// Applies an added or modified object. Returns whether the served
     /// policy set may have changed (false when only status or unrelated
     /// metadata changed).
     pub fn apply(&mut self, policy: TokenPolicy) -> bool {
         let key = ObjectKey::of(&policy);
+        self.touched.insert(key.clone());
+        let digest = spec_digest(&policy.spec);
         let previous = match self.objects.remove(&key) {
             Some(mut existing)
-                if existing.spec == policy.spec
+                if existing.spec_digest == digest
                     && existing.created == policy.metadata.creation_timestamp =>
             {
                 existing.generation = policy.metadata.generation;
+                existing.resource_version = policy.metadata.resource_version;
                 existing.status = policy.status;
                 self.objects.insert(key, existing);
                 return false;
@@ -154,17 +211,41 @@ impl PolicyIndex {
             Some(existing) if existing.created == policy.metadata.creation_timestamp => {
                 Some(existing)
             }
-            _ => None,
+            Some(_) => {
+                self.builder.remove(&key.id());
+                None
+            }
+            None => None,
         };
-        let mut indexed = compile(&key, policy);
+        let id = key.id();
+        let compiled = CompiledPolicy::compile(id.clone(), &policy.spec);
+        if let Err(errors) = &compiled {
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            tracing::warn!(policy = %id, ?errors, "TokenPolicy does not compile; its last valid version, if any, keeps serving");
+        }
+        let mut indexed = IndexedPolicy {
+            created: policy.metadata.creation_timestamp,
+            generation: policy.metadata.generation,
+            resource_version: policy.metadata.resource_version,
+            spec_digest: digest,
+            compiles: compiled.is_ok(),
+            warnings: compiled.as_ref().map_or_else(
+                |_| Vec::new(),
+                |p| p.warnings.iter().map(ToString::to_string).collect(),
+            ),
+            has_last_good: false,
+            held_hosts: Vec::new(),
+            servable_since: None,
+            status: policy.status,
+        };
         let first_sight = previous.is_none();
         if let Some(previous) = previous {
-            if indexed.compiled.is_err() {
-                indexed.last_good = previous.compiled.ok().or(previous.last_good);
+            if !indexed.compiles {
+                indexed.has_last_good = previous.compiles || previous.has_last_good;
                 indexed.held_hosts = previous.held_hosts;
             }
             indexed.servable_since = previous.servable_since;
-        } else if indexed.compiled.is_err() {
+        } else if !indexed.compiles {
             indexed.held_hosts = indexed.recorded_hosts();
         }
         if indexed.servable_since.is_none() && indexed.is_servable() {
@@ -180,13 +261,30 @@ impl PolicyIndex {
                 }
             });
         }
+        self.builder.update(
+            indexed.seniority(id),
+            compiled,
+            indexed.held_hosts.clone(),
+        );
         self.objects.insert(key, indexed);
+        self.unpublished = true;
         true
     }
 
     /// Removes a deleted object. Returns whether it was known.
     pub fn delete(&mut self, policy: &TokenPolicy) -> bool {
-        self.objects.remove(&ObjectKey::of(policy)).is_some()
+        let key = ObjectKey::of(policy);
+        self.remove(&key)
+    }
+
+    fn remove(&mut self, key: &ObjectKey) -> bool {
+        if self.objects.remove(key).is_none() {
+            return false;
+        }
+        self.builder.remove(&key.id());
+        self.touched.insert(key.clone());
+        self.unpublished = true;
+        true
     }
 
     /// A relist of `scope` begins; the current objects keep serving until
@@ -210,32 +308,54 @@ impl PolicyIndex {
             return;
         };
         let (_, listed) = self.relisting.swap_remove(position);
-        let listed_keys: Vec<ObjectKey> = listed.iter().map(ObjectKey::of).collect();
-        self.objects
-            .retain(|key, _| !scope.contains(key) || listed_keys.contains(key));
+        let listed_keys: HashSet<ObjectKey> = listed.iter().map(ObjectKey::of).collect();
+        let gone: Vec<ObjectKey> = self
+            .objects
+            .keys()
+            .filter(|key| scope.contains(key) && !listed_keys.contains(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove(&key);
+        }
         for policy in listed {
             self.apply(policy);
         }
+        self.unpublished = true;
     }
 
-    /// Compiled policies in ownership order (servable longest first, then
-    /// creation time, then namespace/name; never-valid ones last), ready for
-    /// [`crate::policy::PolicySnapshot::build`].
-    pub fn candidates(&self) -> Vec<Candidate> {
-        let mut ordered: Vec<(&ObjectKey, &IndexedPolicy)> = self.objects.iter().collect();
-        ordered.sort_by_key(|(key, p)| {
-            let never_valid = p.servable_since.is_none();
-            (never_valid, p.servable_since, *key)
-        });
-        ordered
-            .into_iter()
-            .map(|(key, indexed)| Candidate {
-                id: key.id(),
-                compiled: indexed.compiled.clone(),
-                last_good: indexed.last_good.clone(),
-                held_hosts: indexed.held_hosts.clone(),
+    /// Whether the served set may have changed since the last
+    /// [`PolicyIndex::publish`].
+    pub fn has_unpublished_changes(&self) -> bool {
+        self.unpublished
+    }
+
+    /// The next snapshot, and the status inputs of every object whose
+    /// status may have changed since the last call (edited or deleted
+    /// objects, objects whose state in the snapshot changed, objects whose
+    /// status or generation was seen to change).
+    pub fn publish(&mut self) -> (PolicySnapshot, Vec<StatusChange>) {
+        let (snapshot, changed) = self.builder.publish();
+        self.unpublished = false;
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.extend(changed.iter().filter_map(|id| {
+            let (namespace, name) = id.split_once('/')?;
+            Some(ObjectKey {
+                namespace: namespace.into(),
+                name: name.into(),
             })
-            .collect()
+        }));
+        let changes = touched
+            .into_iter()
+            .map(|key| match self.objects.get(&key) {
+                Some(indexed) => {
+                    let input = StatusInput::of(indexed, &indexed.warnings, &snapshot, &key.id());
+                    StatusChange::Set(key, Box::new(input))
+                }
+                None => StatusChange::Removed(key),
+            })
+            .collect();
+        (snapshot, changes)
     }
 
     /// Every indexed object.
@@ -244,28 +364,17 @@ impl PolicyIndex {
     }
 }
 
-fn compile(key: &ObjectKey, policy: TokenPolicy) -> IndexedPolicy {
-    let compiled = CompiledPolicy::compile(key.id(), &policy.spec);
-    if let Err(errors) = &compiled {
-        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        tracing::warn!(policy = %key.id(), ?errors, "TokenPolicy does not compile; its last valid version, if any, keeps serving");
-    }
-    IndexedPolicy {
-        created: policy.metadata.creation_timestamp,
-        generation: policy.metadata.generation,
-        spec: policy.spec,
-        compiled,
-        last_good: None,
-        held_hosts: Vec::new(),
-        servable_since: None,
-        status: policy.status,
-    }
+/// SHA-256 of the spec's JSON form: equal specs, equal digests, and a
+/// different spec never passes for an unchanged one.
+fn spec_digest(spec: &TokenPolicySpec) -> [u8; 32] {
+    let json = serde_json::to_vec(spec).expect("a spec serializes");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &json);
+    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::PolicySnapshot;
     use crate::policy::PolicyState;
 
     /// A TokenPolicy created `created` seconds after the epoch.
@@ -284,16 +393,24 @@ mod tests {
         object
     }
 
-    fn states(index: &PolicyIndex) -> Vec<(String, PolicyState)> {
-        PolicySnapshot::states_of(index.candidates())
+    /// An index whose key caches never fetch.
+    fn test_index() -> PolicyIndex {
+        PolicyIndex::new(|source| crate::jwks::JwksCache::unfetched(source.clone()))
+    }
+
+    fn states(index: &mut PolicyIndex) -> Vec<(String, PolicyState)> {
+        index
+            .publish()
+            .0
+            .states()
             .into_iter()
-            .map(|(id, state)| (id.to_string(), state))
+            .map(|(id, state)| (id.to_string(), state.clone()))
             .collect()
     }
 
     #[test]
     fn status_only_updates_do_not_recompile_or_republish() {
-        let mut index = PolicyIndex::default();
+        let mut index = test_index();
         assert!(index.apply(policy("a", "p", 1, &["x.example.com"])));
         let mut with_status = policy("a", "p", 1, &["x.example.com"]);
         with_status.status = Some(TokenPolicyStatus {
@@ -310,10 +427,10 @@ mod tests {
 
     #[test]
     fn the_oldest_policy_wins_a_host_whatever_the_event_order() {
-        let mut index = PolicyIndex::default();
+        let mut index = test_index();
         index.apply(policy("z", "newer", 20, &["x.example.com"]));
         index.apply(policy("a", "older", 10, &["x.example.com"]));
-        let by_age = states(&index);
+        let by_age = states(&mut index);
         assert_eq!(by_age[0], ("a/older".into(), PolicyState::Accepted));
         assert_eq!(
             by_age[1],
@@ -327,21 +444,21 @@ mod tests {
             )
         );
         // Same creation time: namespace/name order decides.
-        let mut tie = PolicyIndex::default();
+        let mut tie = test_index();
         tie.apply(policy("b", "p", 5, &["y.example.com"]));
         tie.apply(policy("a", "p", 5, &["y.example.com"]));
-        assert_eq!(states(&tie)[0], ("a/p".into(), PolicyState::Accepted));
+        assert_eq!(states(&mut tie)[0], ("a/p".into(), PolicyState::Accepted));
     }
 
     #[test]
     fn deleting_the_winner_hands_the_host_to_the_next_policy() {
-        let mut index = PolicyIndex::default();
+        let mut index = test_index();
         let older = policy("a", "older", 10, &["x.example.com"]);
         index.apply(older.clone());
         index.apply(policy("b", "newer", 20, &["x.example.com"]));
         assert!(index.delete(&older));
         assert_eq!(
-            states(&index),
+            states(&mut index),
             vec![("b/newer".into(), PolicyState::Accepted)]
         );
         assert!(!index.delete(&older), "deleting twice is a no-op");
@@ -349,7 +466,7 @@ mod tests {
 
     #[test]
     fn a_relist_replaces_only_its_scope_and_serves_the_old_set_meanwhile() {
-        let mut index = PolicyIndex::default();
+        let mut index = test_index();
         index.apply(policy("a", "gone", 1, &["gone.example.com"]));
         index.apply(policy("a", "kept", 2, &["kept.example.com"]));
         index.apply(policy("b", "other", 3, &["other.example.com"]));
@@ -371,10 +488,10 @@ mod tests {
 
     #[test]
     fn an_invalid_policy_is_indexed_with_its_errors_and_others_keep_serving() {
-        let mut index = PolicyIndex::default();
+        let mut index = test_index();
         index.apply(policy("a", "bad", 1, &[]));
         index.apply(policy("a", "good", 2, &["x.example.com"]));
-        let states = states(&index);
+        let states = states(&mut index);
         assert_eq!(states[0], ("a/good".into(), PolicyState::Accepted));
         assert!(
             matches!(&states[1], (id, PolicyState::Invalid { errors, serving_last_good: false })
@@ -392,12 +509,12 @@ mod tests {
 
     #[test]
     fn an_invalid_edit_keeps_serving_the_last_good_version_and_its_hosts() {
-        let mut index = PolicyIndex::default();
+        let mut index = test_index();
         let owner = policy("a", "owner", 10, &["x.example.com"]);
         index.apply(owner.clone());
         index.apply(policy("b", "rival", 20, &["x.example.com"]));
         assert!(index.apply(broken(owner)));
-        let snapshot_states = states(&index);
+        let snapshot_states = states(&mut index);
         assert!(
             matches!(&snapshot_states[0], (id, PolicyState::Invalid { errors, serving_last_good: true })
                 if id == "a/owner" && errors[0].field == "spec.issuer.audiences"),
@@ -412,20 +529,19 @@ mod tests {
             },
             "the rival does not get the host of an owner that turned invalid"
         );
-        let candidates = index.candidates();
-        assert!(candidates[0].last_good.is_some());
+        assert!(index.builder.has_serving_version("a/owner"));
     }
 
     #[test]
     fn a_policy_fixed_later_does_not_take_hosts_from_one_that_served_meanwhile() {
-        let mut index = PolicyIndex::default();
+        let mut index = test_index();
         let early = policy("a", "early", 10, &["x.example.com"]);
         index.apply(broken(early.clone()));
         index.apply(policy("b", "later", 20, &["x.example.com"]));
         let mut fixed = early;
         fixed.metadata.generation = Some(3);
         index.apply(fixed);
-        let states = states(&index);
+        let states = states(&mut index);
         assert_eq!(states[0], ("b/later".into(), PolicyState::Accepted));
         assert_eq!(
             states[1],
@@ -457,22 +573,22 @@ mod tests {
             issuers: Vec::new(),
             served_hosts: Vec::new(),
         });
-        let mut index = PolicyIndex::default();
+        let mut index = test_index();
         let scope = Scope::All;
         index.start_relist(scope.clone());
         index.relisted(&scope, loser);
         index.relisted(&scope, policy("b", "later", 20, &["x.example.com"]));
         index.finish_relist(&scope);
-        assert_eq!(states(&index)[0], ("b/later".into(), PolicyState::Accepted));
+        assert_eq!(states(&mut index)[0], ("b/later".into(), PolicyState::Accepted));
     }
 
     #[test]
     fn a_newer_host_under_an_older_wildcard_of_another_namespace_conflicts() {
-        let mut index = PolicyIndex::default();
+        let mut index = test_index();
         index.apply(policy("corp", "wide", 10, &["*.corp.example.com"]));
         index.apply(policy("team", "pay", 20, &["pay.corp.example.com"]));
         index.apply(policy("corp", "same-ns", 30, &["hr.corp.example.com"]));
-        let states = states(&index);
+        let states = states(&mut index);
         assert_eq!(
             states[1].1,
             PolicyState::HostConflict {
@@ -499,10 +615,10 @@ mod tests {
             served_hosts: vec!["*.own.example.com".into()],
             ..Default::default()
         });
-        let mut index = PolicyIndex::default();
+        let mut index = test_index();
         index.apply(owner);
         index.apply(policy("b", "rival", 20, &["pay.own.example.com"]));
-        let states = states(&index);
+        let states = states(&mut index);
         assert!(
             matches!(&states[0], (id, PolicyState::Invalid { serving_last_good: false, .. }) if id == "a/owner"),
             "{states:?}"
@@ -511,18 +627,12 @@ mod tests {
             matches!(&states[1].1, PolicyState::HostConflict { winner, .. } if &**winner == "a/owner"),
             "{states:?}"
         );
-        let registry = crate::jwks::JwksRegistry::new(Default::default());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let snapshot =
-            runtime.block_on(async { PolicySnapshot::build(index.candidates(), &registry) });
+        let snapshot = index.publish().0;
         assert!(snapshot.lookup("pay.own.example.com").is_none());
-        assert_eq!(
-            snapshot.held_by("pay.own.example.com").map(|id| &**id),
-            Some("a/owner")
-        );
+        assert!(matches!(
+            snapshot.resolve("pay.own.example.com"),
+            Some(crate::policy::HostEntry::Held(id)) if &**id == "a/owner"
+        ));
         assert_eq!(
             snapshot.hosts_of("a/owner"),
             vec!["*.own.example.com".to_string()]

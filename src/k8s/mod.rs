@@ -2,33 +2,36 @@
 //! with statuses written back by the elected leader.
 //!
 //! ```text
-//!  kube watcher (per namespace, or all) ──events──► PolicyIndex ──candidates──► PolicySnapshot ─► Check
-//!        relist on 410 / errors, with backoff         │ (compiled once per spec change)   (ArcSwap)
-//!                                                     └──► StatusWriter ── SSA patch status (leader only)
-//!  Lease election ──is_leader──────────────────────────────┘
+//!  kube watcher (per namespace, or all) ──events──► indexer thread: PolicyIndex + SnapshotBuilder
+//!        relist on 410 / errors, with backoff         │ compiles changed specs, coalesces a burst,
+//!                                                     │ publishes once (cost ∝ what changed)
+//!                                                     ├──► PolicySnapshot ──(ArcSwap)──► Check
+//!                                                     └──status inputs──► StatusWriter ── SSA patch (leader only)
+//!  Lease election ──is_leader──────────────────────────────────────────────────┘
 //! ```
 //!
-//! The Check path never waits on the API server: while the watch is down or
-//! relisting, the last snapshot keeps serving.
+//! The Check path never waits on the API server nor on the indexer: it
+//! reads the last published snapshot without a lock, and all indexing work
+//! runs on a thread of its own, off the request workers. While the watch
+//! is down or relisting, the last snapshot keeps serving.
 
 pub mod index;
 pub mod leader;
 pub mod status;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use kube::api::{Api, ListParams};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::jwks::JwksRegistry;
-use crate::policy::{PolicySnapshot, SnapshotHandle, TokenPolicy};
-use index::{PolicyIndex, Scope};
+use crate::policy::{SnapshotHandle, TokenPolicy};
+use index::{PolicyIndex, Scope, StatusChange};
 pub use leader::LeaderSettings;
 
 /// Kubernetes-mode settings.
@@ -113,24 +116,31 @@ pub async fn start(
         check_access(&client, scope).await?;
     }
 
-    let index = Arc::new(Mutex::new(PolicyIndex::default()));
-    let changed = Arc::new(Notify::new());
+    let (events, events_received) = mpsc::unbounded_channel();
+    let (status_changes, changes) = mpsc::unbounded_channel();
     let (is_leader, leader) = watch::channel(false);
 
-    tasks.spawn(watch_policies(
+    tasks.spawn(forward_events(
         client.clone(),
-        scopes,
-        index.clone(),
-        registry,
-        snapshot.clone(),
-        changed.clone(),
+        scopes.clone(),
+        events,
         stopped.clone(),
     ));
+    let indexer = Indexer {
+        index: PolicyIndex::new(move |source| registry.cache(source)),
+        scopes,
+        snapshot,
+        status_changes,
+    };
+    // On a blocking thread: compiling and indexing never take a request
+    // worker, and the thread still has the runtime's context (key caches
+    // start their refresh tasks from it).
+    tasks.spawn(async move {
+        let _ = tokio::task::spawn_blocking(move || indexer.run(events_received)).await;
+    });
     let writer = status::StatusWriter {
         client: client.clone(),
-        index,
-        snapshot,
-        changed,
+        changes,
         leader,
         resync: config.status_resync,
     };
@@ -173,15 +183,14 @@ async fn check_access(client: &kube::Client, scope: &Scope) -> Result<(), Kubern
     }
 }
 
-/// Feeds watch events of every scope into the index and republishes the
-/// snapshot when the served set may have changed.
-async fn watch_policies(
+/// A watch event of one scope.
+type ScopedEvent = (Scope, Result<Event<TokenPolicy>, watcher::Error>);
+
+/// Forwards the watch events of every scope to the indexer, as they come.
+async fn forward_events(
     client: kube::Client,
     scopes: Vec<Scope>,
-    index: Arc<Mutex<PolicyIndex>>,
-    registry: JwksRegistry,
-    snapshot: SnapshotHandle,
-    changed: Arc<Notify>,
+    events: mpsc::UnboundedSender<ScopedEvent>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let streams = scopes.iter().map(|scope| {
@@ -191,55 +200,101 @@ async fn watch_policies(
             .map(move |event| (scope.clone(), event))
             .boxed()
     });
-    let mut events = futures::stream::select_all(streams);
-    let mut listed: Vec<Scope> = Vec::new();
+    let mut stream = futures::stream::select_all(streams);
     loop {
-        let (scope, event) = tokio::select! {
-            next = events.next() => match next {
+        let item = tokio::select! {
+            next = stream.next() => match next {
                 Some(item) => item,
                 None => return,
             },
             _ = stopped.wait_for(|s| *s) => return,
         };
-        let republish = {
-            let mut index = index.lock().expect("index lock is never poisoned");
-            match event {
-                Ok(Event::Init) => {
-                    index.start_relist(scope);
-                    false
+        if events.send(item).is_err() {
+            return;
+        }
+    }
+}
+
+/// Most events one publish takes in (a backlog is published in steps of
+/// this size, so a Check sees progress during a long relist).
+const MAX_BATCH: usize = 4_096;
+
+/// Applies watch events to the index and publishes snapshots, on a thread
+/// of its own.
+struct Indexer {
+    index: PolicyIndex,
+    scopes: Vec<Scope>,
+    snapshot: SnapshotHandle,
+    status_changes: mpsc::UnboundedSender<Vec<StatusChange>>,
+}
+
+impl Indexer {
+    /// Runs until the event channel closes: takes every event queued (a
+    /// burst of edits is one publish), then publishes once.
+    fn run(mut self, mut events: mpsc::UnboundedReceiver<ScopedEvent>) {
+        let mut listed: Vec<Scope> = Vec::new();
+        let mut published_once = false;
+        while let Some(first) = events.blocking_recv() {
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some((scope, event)) = next {
+                self.apply(scope, event, &mut listed);
+                taken += 1;
+                next = if taken < MAX_BATCH {
+                    events.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            let all_listed = self.scopes.iter().all(|s| listed.contains(s));
+            if !all_listed {
+                continue;
+            }
+            let republish = self.index.has_unpublished_changes() || !published_once;
+            let (snapshot, changes) = self.index.publish();
+            if republish {
+                let policies = snapshot.len();
+                if published_once {
+                    self.snapshot.publish(snapshot);
+                    tracing::debug!(policies, events = taken, "TokenPolicy snapshot updated");
+                } else {
+                    // The first publish replaces the parse's peak: return it.
+                    self.snapshot.publish_and_trim(snapshot);
+                    tracing::info!(policies, "TokenPolicy snapshot published");
                 }
-                Ok(Event::InitApply(policy)) => {
-                    index.relisted(&scope, policy);
-                    false
-                }
-                Ok(Event::InitDone) => {
-                    index.finish_relist(&scope);
-                    if !listed.contains(&scope) {
-                        listed.push(scope);
-                    }
-                    true
-                }
-                Ok(Event::Apply(policy)) => index.apply(policy),
-                Ok(Event::Delete(policy)) => index.delete(&policy),
-                Err(error) => {
-                    tracing::warn!(%error, "TokenPolicy watch failed; retrying with backoff, the last policies keep serving");
-                    false
+                published_once = true;
+            }
+            if !changes.is_empty() && self.status_changes.send(changes).is_err() {
+                tracing::debug!("status writer stopped");
+            }
+        }
+    }
+
+    fn apply(
+        &mut self,
+        scope: Scope,
+        event: Result<Event<TokenPolicy>, watcher::Error>,
+        listed: &mut Vec<Scope>,
+    ) {
+        match event {
+            Ok(Event::Init) => self.index.start_relist(scope),
+            Ok(Event::InitApply(policy)) => self.index.relisted(&scope, policy),
+            Ok(Event::InitDone) => {
+                self.index.finish_relist(&scope);
+                if !listed.contains(&scope) {
+                    listed.push(scope);
                 }
             }
-        };
-        let all_listed = scopes.iter().all(|s| listed.contains(s));
-        if republish && all_listed {
-            let candidates = index
-                .lock()
-                .expect("index lock is never poisoned")
-                .candidates();
-            let count = candidates.len();
-            snapshot.publish(PolicySnapshot::build(candidates, &registry));
-            tracing::info!(policies = count, "TokenPolicy snapshot updated");
+            Ok(Event::Apply(policy)) => {
+                self.index.apply(policy);
+            }
+            Ok(Event::Delete(policy)) => {
+                self.index.delete(&policy);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "TokenPolicy watch failed; retrying with backoff, the last policies keep serving");
+            }
         }
-        // Status may change on every event (e.g. a status-only update that
-        // echoes our own write is a no-op for the writer).
-        changed.notify_one();
     }
 }
 

@@ -1,27 +1,48 @@
 //! What each `TokenPolicy`'s `status` should say, and the writer that puts
 //! it there with server-side apply (only when it changed, only on the
 //! leader).
+//!
+//! The writer's work follows what changed, not how many policies there
+//! are: the indexer sends it the inputs of the objects it touched
+//! ([`StatusChange`]), key caches are watched for the changes a status
+//! shows, and each wake computes the desired status of the objects marked
+//! dirty only. It never writes a status the object already has, nor one it
+//! wrote itself and the watch has not echoed yet; it waits (boundedly) for
+//! a policy's first key fetch before its first write, so that a start does
+//! not write `JwksUnavailable` and then `Accepted` to every policy.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::StreamExt as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{mpsc, watch};
 
-use super::index::{IndexedPolicy, ObjectKey, PolicyIndex};
-use crate::jwks::JwksState;
+use super::index::{IndexedPolicy, ObjectKey, StatusChange};
+use crate::jwks::{JwksCache, JwksState};
 use crate::policy::spec::{IssuerStatus, JwksStatus, TokenPolicyStatus};
-use crate::policy::{PolicyState, SnapshotHandle, TokenPolicy};
+use crate::policy::{PolicySnapshot, PolicyState, TokenPolicy};
 
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "scopegate";
 
 /// How long a written status is not rewritten while the watch has not
-/// echoed it yet; entries older than this are pruned.
+/// echoed it yet (when resource versions cannot be compared).
 const ECHO_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a policy's first status write waits for its issuers' first key
+/// fetch.
+const FIRST_FETCH_WAIT: Duration = Duration::from_secs(10);
+
+/// How often `status.jwks.lastFetchTime` is brought up to date when
+/// nothing else changed: every refresh would rewrite every policy.
+const FETCH_TIME_REFRESH: Duration = Duration::from_secs(3600);
+
+/// Status writes in flight at once.
+const WRITE_CONCURRENCY: usize = 8;
 
 /// One issuer's key cache, as the status reports it.
 #[derive(Debug, Clone)]
@@ -32,14 +53,84 @@ pub struct IssuerKeys {
     pub state: JwksState,
 }
 
-/// The status `indexed` should have, given its state in the snapshot and its
-/// issuers' key caches. `lastTransitionTime` is kept from the current
-/// condition while the condition's status does not change.
+/// What one object's status is computed from, as the indexer saw it.
+#[derive(Debug, Clone)]
+pub struct StatusInput {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `metadata.resourceVersion` of the event the status was seen in.
+    pub resource_version: Option<String>,
+    /// The status the object has.
+    pub observed: Option<TokenPolicyStatus>,
+    /// The compiled spec's warnings (`field: message`).
+    pub warnings: Vec<String>,
+    /// Its state in the snapshot; `None` before it was published.
+    pub state: Option<PolicyState>,
+    /// The hosts it serves or holds.
+    pub served_hosts: Vec<String>,
+    /// The issuers of its served version, with their key caches.
+    pub issuers: Vec<(String, Arc<JwksCache>)>,
+}
+
+impl StatusInput {
+    /// The inputs of `indexed` (with its compiled `warnings`) in `snapshot`.
+    pub fn of(
+        indexed: &IndexedPolicy,
+        warnings: &[String],
+        snapshot: &PolicySnapshot,
+        id: &str,
+    ) -> Self {
+        let entry = snapshot.policy(id);
+        StatusInput {
+            generation: indexed.generation,
+            resource_version: indexed.resource_version.clone(),
+            observed: indexed.status.clone(),
+            warnings: warnings.to_vec(),
+            state: entry.map(|e| e.state.clone()),
+            served_hosts: snapshot.hosts_of(id),
+            issuers: entry
+                .and_then(|e| e.served.as_ref())
+                .map(|served| {
+                    served
+                        .policy
+                        .issuers
+                        .iter()
+                        .zip(&served.issuers)
+                        .map(|(compiled, served)| {
+                            (compiled.rules.issuer.to_string(), served.keys.clone())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Its issuers' key caches now.
+    fn issuer_keys(&self) -> Vec<IssuerKeys> {
+        self.issuers
+            .iter()
+            .map(|(url, keys)| IssuerKeys {
+                url: url.clone(),
+                state: keys.state(),
+            })
+            .collect()
+    }
+
+    /// Whether an issuer's keys have not been fetched even once yet.
+    fn awaits_first_fetch(&self) -> bool {
+        self.issuers
+            .iter()
+            .any(|(_, keys)| keys.state().fetch_attempts == 0)
+    }
+}
+
+/// The status an object with `input` should have, given its issuers' key
+/// caches. `lastTransitionTime` is kept from the current condition while
+/// the condition's status does not change.
 pub fn desired_status(
-    indexed: &IndexedPolicy,
+    input: &StatusInput,
     state: &PolicyState,
     issuers: &[IssuerKeys],
-    served_hosts: Vec<String>,
     now: SystemTime,
 ) -> TokenPolicyStatus {
     // Which issuer a message is about, when there are several.
@@ -66,6 +157,7 @@ pub fn desired_status(
         .iter()
         .filter_map(|i| Some(format!("{}{}", about(i), i.state.last_error.as_deref()?)))
         .collect();
+    let served_hosts = input.served_hosts.clone();
     let (ready, reason, message) = match state {
         PolicyState::Invalid {
             errors,
@@ -103,13 +195,13 @@ pub fn desired_status(
                     failing.join("; ")
                 ));
             }
-            notes.extend(warnings(indexed));
+            notes.extend(input.warnings.iter().map(|w| format!("warning: {w}")));
             (true, "Accepted", notes.join("; "))
         }
     };
     let status = if ready { "True" } else { "False" };
-    let previous = indexed
-        .status
+    let previous = input
+        .observed
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
     let last_transition_time = match previous {
@@ -117,13 +209,13 @@ pub fn desired_status(
         _ => to_time(now),
     };
     TokenPolicyStatus {
-        observed_generation: indexed.generation,
+        observed_generation: input.generation,
         conditions: vec![Condition {
             type_: "Ready".into(),
             status: status.into(),
             reason: reason.into(),
             message,
-            observed_generation: indexed.generation,
+            observed_generation: input.generation,
             last_transition_time,
         }],
         jwks: issuers.first().map(|i| jwks_status(&i.state)),
@@ -155,20 +247,6 @@ fn jwks_status(state: &JwksState) -> JwksStatus {
     }
 }
 
-/// The compiled policy's warnings, `warning: field: message` each.
-fn warnings(indexed: &IndexedPolicy) -> Vec<String> {
-    indexed.compiled.as_ref().map_or_else(
-        |_| Vec::new(),
-        |policy| {
-            policy
-                .warnings
-                .iter()
-                .map(|w| format!("warning: {w}"))
-                .collect()
-        },
-    )
-}
-
 /// Kubernetes times have second precision; truncating keeps a written
 /// status equal to the one read back.
 fn to_time(t: SystemTime) -> Time {
@@ -181,108 +259,319 @@ fn to_time(t: SystemTime) -> Time {
     )
 }
 
+/// Whether `desired` differs from `observed` in more than a
+/// `lastFetchTime` that is less than [`FETCH_TIME_REFRESH`] old.
+fn worth_writing(desired: &TokenPolicyStatus, observed: Option<&TokenPolicyStatus>) -> bool {
+    let Some(observed) = observed else {
+        return true;
+    };
+    if desired == observed {
+        return false;
+    }
+    let fresh_enough = |written: Option<&Time>, now: Option<&Time>| match (written, now) {
+        (Some(written), Some(now)) => {
+            now.0.as_second() - written.0.as_second() < FETCH_TIME_REFRESH.as_secs() as i64
+        }
+        (written, now) => written == now,
+    };
+    let times = |s: &TokenPolicyStatus| {
+        let mut times: Vec<Option<Time>> = Vec::new();
+        times.extend(s.jwks.iter().map(|j| j.last_fetch_time.clone()));
+        times.extend(s.issuers.iter().map(|i| i.jwks.last_fetch_time.clone()));
+        times
+    };
+    let without_times = |s: &TokenPolicyStatus| {
+        let mut s = s.clone();
+        s.jwks.iter_mut().for_each(|j| j.last_fetch_time = None);
+        s.issuers
+            .iter_mut()
+            .for_each(|i| i.jwks.last_fetch_time = None);
+        s
+    };
+    let (desired_times, observed_times) = (times(desired), times(observed));
+    without_times(desired) != without_times(observed)
+        || desired_times.len() != observed_times.len()
+        || desired_times
+            .iter()
+            .zip(&observed_times)
+            .any(|(now, written)| !fresh_enough(written.as_ref(), now.as_ref()))
+}
+
+/// What a key cache's users show of it: a change marks them dirty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeyHealth {
+    jwks_uri: Option<String>,
+    keys: usize,
+    last_error: Option<String>,
+    fetched: bool,
+    /// The last success, in [`FETCH_TIME_REFRESH`] periods.
+    success_period: Option<u64>,
+}
+
+impl KeyHealth {
+    fn of(cache: &JwksCache) -> Self {
+        let state = cache.state();
+        KeyHealth {
+            jwks_uri: state.jwks_uri,
+            keys: state.keys,
+            last_error: state.last_error,
+            fetched: state.fetch_attempts > 0,
+            success_period: state.last_success.map(|t| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() / FETCH_TIME_REFRESH.as_secs())
+            }),
+        }
+    }
+}
+
+/// A key cache some policies use.
+struct WatchedCache {
+    cache: Arc<JwksCache>,
+    health: KeyHealth,
+    users: HashSet<ObjectKey>,
+}
+
+/// A status this replica wrote.
+struct Written {
+    status: TokenPolicyStatus,
+    /// The object's resource version after the write.
+    resource_version: Option<String>,
+    at: Instant,
+}
+
+/// One object the writer knows.
+struct Known {
+    input: StatusInput,
+    /// When its first input arrived (bounds the wait for a first fetch).
+    since: Instant,
+}
+
 /// Writes statuses while this replica is the leader.
 pub struct StatusWriter {
     /// The client used for status patches.
     pub client: kube::Client,
-    /// The watched objects.
-    pub index: Arc<Mutex<PolicyIndex>>,
-    /// The served snapshot (for policy states and key caches).
-    pub snapshot: SnapshotHandle,
-    /// Woken after every snapshot change.
-    pub changed: Arc<Notify>,
+    /// Status inputs from the indexer.
+    pub changes: mpsc::UnboundedReceiver<Vec<StatusChange>>,
     /// Whether this replica leads.
     pub leader: watch::Receiver<bool>,
-    /// How often to re-check (key caches change without a snapshot change).
+    /// How often key caches are re-checked (their health changes without a
+    /// policy change).
     pub resync: Duration,
 }
 
+/// The writer's state between wakes.
+#[derive(Default)]
+struct WriterState {
+    known: HashMap<ObjectKey, Known>,
+    dirty: BTreeSet<ObjectKey>,
+    written: HashMap<ObjectKey, Written>,
+    caches: HashMap<usize, WatchedCache>,
+}
+
 impl StatusWriter {
-    /// Runs until the process stops.
+    /// Runs until the process stops (or the indexer goes away).
     pub async fn run(mut self) {
-        let mut recently_written: HashMap<ObjectKey, (TokenPolicyStatus, Instant)> = HashMap::new();
+        let mut state = WriterState::default();
+        let mut leading = *self.leader.borrow();
+        let tick = self.resync.min(Duration::from_secs(1));
         loop {
-            if *self.leader.borrow() {
-                self.write_changed(&mut recently_written).await;
+            if leading {
+                self.write_dirty(&mut state).await;
+            } else {
+                state.dirty.clear();
             }
             tokio::select! {
-                _ = self.changed.notified() => {}
-                _ = self.leader.changed() => {}
-                _ = tokio::time::sleep(self.resync) => {}
+                changes = self.changes.recv() => match changes {
+                    Some(changes) => {
+                        state.apply(changes);
+                        // Drain what else is queued: one pass for a burst.
+                        while let Ok(more) = self.changes.try_recv() {
+                            state.apply(more);
+                        }
+                    }
+                    None => return,
+                },
+                changed = self.leader.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now_leading = *self.leader.borrow();
+                    if now_leading && !leading {
+                        // A new leader checks every object once.
+                        state.written.clear();
+                        state.dirty.extend(state.known.keys().cloned());
+                    }
+                    leading = now_leading;
+                }
+                _ = tokio::time::sleep(tick) => state.check_caches(),
             }
         }
     }
 
-    async fn write_changed(
-        &self,
-        recently_written: &mut HashMap<ObjectKey, (TokenPolicyStatus, Instant)>,
-    ) {
-        recently_written.retain(|_, (_, at)| at.elapsed() < ECHO_WAIT);
-        for (key, status) in self.pending(recently_written) {
-            let api: Api<TokenPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
-            let patch = serde_json::json!({
-                "apiVersion": "scopegate.dev/v1alpha1",
-                "kind": "TokenPolicy",
-                "status": status,
-            });
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            match api
-                .patch_status(&key.name, &params, &Patch::Apply(&patch))
-                .await
-            {
-                Ok(_) => {
-                    tracing::debug!(policy = %key.id(), "status written");
-                    recently_written.insert(key, (status, Instant::now()));
+    async fn write_dirty(&self, state: &mut WriterState) {
+        let pending = state.pending();
+        if pending.is_empty() {
+            return;
+        }
+        let results: Vec<(ObjectKey, TokenPolicyStatus, Option<String>)> =
+            futures::stream::iter(pending)
+                .map(|(key, status)| async move {
+                    let resource_version = self.write(&key, &status).await?;
+                    Some((key, status, resource_version))
+                })
+                .buffer_unordered(WRITE_CONCURRENCY)
+                .filter_map(std::future::ready)
+                .collect()
+                .await;
+        for (key, status, resource_version) in results {
+            state.written.insert(
+                key,
+                Written {
+                    status,
+                    resource_version,
+                    at: Instant::now(),
+                },
+            );
+        }
+    }
+
+    /// Patches one status; returns the object's new resource version, or
+    /// `None` after logging a failure (the object stays as it was).
+    async fn write(&self, key: &ObjectKey, status: &TokenPolicyStatus) -> Option<Option<String>> {
+        let api: Api<TokenPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
+        let patch = serde_json::json!({
+            "apiVersion": "scopegate.dev/v1alpha1",
+            "kind": "TokenPolicy",
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api
+            .patch_status(&key.name, &params, &Patch::Apply(&patch))
+            .await
+        {
+            Ok(object) => {
+                tracing::debug!(policy = %key.id(), "status written");
+                crate::metrics::status_write("success");
+                Some(object.metadata.resource_version)
+            }
+            Err(error) => {
+                crate::metrics::status_write("error");
+                tracing::warn!(policy = %key.id(), %error, "cannot write TokenPolicy status");
+                None
+            }
+        }
+    }
+}
+
+impl WriterState {
+    fn apply(&mut self, changes: Vec<StatusChange>) {
+        for change in changes {
+            match change {
+                StatusChange::Set(key, input) => {
+                    let since = self.known.get(&key).map_or_else(Instant::now, |k| k.since);
+                    self.unwatch(&key);
+                    for (_, cache) in &input.issuers {
+                        let watched = self
+                            .caches
+                            .entry(Arc::as_ptr(cache) as usize)
+                            .or_insert_with(|| WatchedCache {
+                                cache: cache.clone(),
+                                health: KeyHealth::of(cache),
+                                users: HashSet::new(),
+                            });
+                        watched.users.insert(key.clone());
+                    }
+                    self.dirty.insert(key.clone());
+                    self.known.insert(
+                        key,
+                        Known {
+                            input: *input,
+                            since,
+                        },
+                    );
                 }
-                Err(error) => {
-                    tracing::warn!(policy = %key.id(), %error, "cannot write TokenPolicy status")
+                StatusChange::Removed(key) => {
+                    self.unwatch(&key);
+                    self.known.remove(&key);
+                    self.written.remove(&key);
+                    self.dirty.remove(&key);
                 }
             }
         }
     }
 
-    /// Objects whose status differs from what it should be, skipping writes
-    /// made in the last few seconds that the watch has not echoed yet.
-    fn pending(
-        &self,
-        recently_written: &HashMap<ObjectKey, (TokenPolicyStatus, Instant)>,
-    ) -> Vec<(ObjectKey, TokenPolicyStatus)> {
-        let snapshot = self.snapshot.load();
-        let states: HashMap<&str, &PolicyState> =
-            snapshot.states().iter().map(|(id, s)| (&**id, s)).collect();
-        let jwks: HashMap<&str, Vec<IssuerKeys>> = snapshot
-            .served()
-            .iter()
-            .map(|p| {
-                let issuers = p
-                    .policy
-                    .issuers
-                    .iter()
-                    .zip(&p.issuers)
-                    .map(|(compiled, served)| IssuerKeys {
-                        url: compiled.rules.issuer.to_string(),
-                        state: served.keys.state(),
-                    })
-                    .collect();
-                (&*p.policy.id, issuers)
-            })
-            .collect();
-        let index = self.index.lock().expect("index lock is never poisoned");
+    /// Stops counting `key` as a user of its caches.
+    fn unwatch(&mut self, key: &ObjectKey) {
+        let Some(known) = self.known.get(key) else {
+            return;
+        };
+        for (_, cache) in &known.input.issuers {
+            let id = Arc::as_ptr(cache) as usize;
+            if let Some(watched) = self.caches.get_mut(&id) {
+                watched.users.remove(key);
+                if watched.users.is_empty() {
+                    self.caches.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Marks dirty the users of every key cache whose health changed.
+    fn check_caches(&mut self) {
+        for watched in self.caches.values_mut() {
+            let health = KeyHealth::of(&watched.cache);
+            if health != watched.health {
+                watched.health = health;
+                self.dirty.extend(watched.users.iter().cloned());
+            }
+        }
+    }
+
+    /// The dirty objects whose status must be written, with that status.
+    /// Objects still waiting for their first key fetch stay dirty.
+    fn pending(&mut self) -> Vec<(ObjectKey, TokenPolicyStatus)> {
         let now = SystemTime::now();
-        index
-            .objects()
-            .filter_map(|(key, indexed)| {
-                let id = key.id();
-                let state = states.get(&*id)?;
-                let issuers = jwks.get(&*id).map_or(&[][..], Vec::as_slice);
-                let desired = desired_status(indexed, state, issuers, snapshot.hosts_of(&id), now);
-                let unchanged = indexed.status.as_ref() == Some(&desired);
-                let just_written = recently_written
-                    .get(key)
-                    .is_some_and(|(s, at)| *s == desired && at.elapsed() < ECHO_WAIT);
-                (!unchanged && !just_written).then(|| (key.clone(), desired))
-            })
-            .collect()
+        let mut waiting = BTreeSet::new();
+        let mut pending = Vec::new();
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(known) = self.known.get(&key) else {
+                continue;
+            };
+            let input = &known.input;
+            let Some(state) = &input.state else {
+                continue;
+            };
+            if input.awaits_first_fetch() && known.since.elapsed() < FIRST_FETCH_WAIT {
+                waiting.insert(key);
+                continue;
+            }
+            let desired = desired_status(input, state, &input.issuer_keys(), now);
+            if !worth_writing(&desired, input.observed.as_ref()) {
+                continue;
+            }
+            if let Some(written) = self.written.get(&key)
+                && written.status == desired
+                && echo_pending(written, input)
+            {
+                continue;
+            }
+            pending.push((key, desired));
+        }
+        self.dirty = waiting;
+        pending
+    }
+}
+
+/// Whether the object as the indexer last saw it predates `written`: its
+/// status is then not a reason to write again.
+fn echo_pending(written: &Written, input: &StatusInput) -> bool {
+    let version = |v: Option<&String>| v.and_then(|v| v.parse::<u64>().ok());
+    match (
+        version(written.resource_version.as_ref()),
+        version(input.resource_version.as_ref()),
+    ) {
+        (Some(written), Some(seen)) => seen < written,
+        _ => written.at.elapsed() < ECHO_WAIT,
     }
 }
 
@@ -291,19 +580,16 @@ mod tests {
     use super::*;
     use crate::policy::FieldError;
 
-    fn indexed(status: Option<TokenPolicyStatus>) -> IndexedPolicy {
-        let mut index = PolicyIndex::default();
-        let spec = serde_json::from_value(serde_json::json!({
-            "hosts": ["x.example.com"],
-            "issuer": {"url": "https://tenant.example.com/", "audiences": ["api"]},
-        }))
-        .unwrap();
-        let mut object = TokenPolicy::new("p", spec);
-        object.metadata.namespace = Some("ns".into());
-        object.metadata.generation = Some(3);
-        object.status = status;
-        index.apply(object);
-        index.objects().next().unwrap().1.clone()
+    fn input(status: Option<TokenPolicyStatus>) -> StatusInput {
+        StatusInput {
+            generation: Some(3),
+            resource_version: None,
+            observed: status,
+            warnings: Vec::new(),
+            state: Some(PolicyState::Accepted),
+            served_hosts: Vec::new(),
+            issuers: Vec::new(),
+        }
     }
 
     fn jwks(keys: usize, last_error: Option<&str>) -> JwksState {
@@ -333,12 +619,11 @@ mod tests {
     #[test]
     fn each_state_maps_to_a_ready_condition() {
         let now = SystemTime::now();
-        let policy = indexed(None);
+        let policy = input(None);
         let accepted = desired_status(
             &policy,
             &PolicyState::Accepted,
             &one(jwks(2, None)),
-            Vec::new(),
             now,
         );
         assert_eq!(ready(&accepted), ("True", "Accepted", ""));
@@ -349,7 +634,6 @@ mod tests {
             &policy,
             &PolicyState::Accepted,
             &one(jwks(2, Some("HTTP 500"))),
-            Vec::new(),
             now,
         );
         assert_eq!(ready(&stale).0, "True");
@@ -359,7 +643,6 @@ mod tests {
             &policy,
             &PolicyState::Accepted,
             &one(jwks(0, Some("refused"))),
-            Vec::new(),
             now,
         );
         assert_eq!(ready(&unavailable), ("False", "JwksUnavailable", "refused"));
@@ -376,7 +659,6 @@ mod tests {
                 &policy,
                 &invalid(false),
                 &[],
-                Vec::new(),
                 now
             )),
             ("False", "Invalid", "spec.hosts: empty")
@@ -386,7 +668,6 @@ mod tests {
                 &policy,
                 &invalid(true),
                 &[],
-                Vec::new(),
                 now
             ))
             .2,
@@ -399,7 +680,7 @@ mod tests {
             winner_host: "x.example.com".into(),
         };
         assert_eq!(
-            ready(&desired_status(&policy, &conflict, &[], Vec::new(), now)).2,
+            ready(&desired_status(&policy, &conflict, &[], now)).2,
             "host x.example.com is already claimed by policy a/old"
         );
     }
@@ -409,18 +690,16 @@ mod tests {
         let first = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let later = first + Duration::from_secs(500);
         let written = desired_status(
-            &indexed(None),
+            &input(None),
             &PolicyState::Accepted,
             &one(jwks(1, None)),
-            Vec::new(),
             first,
         );
-        let observed = indexed(Some(written.clone()));
+        let observed = input(Some(written.clone()));
         let again = desired_status(
             &observed,
             &PolicyState::Accepted,
             &one(jwks(1, None)),
-            Vec::new(),
             later,
         );
         assert_eq!(again, written, "nothing changed, so nothing to write");
@@ -429,7 +708,6 @@ mod tests {
             &observed,
             &PolicyState::Accepted,
             &one(jwks(0, Some("x"))),
-            Vec::new(),
             later,
         );
         assert_eq!(flipped.conditions[0].last_transition_time, to_time(later));

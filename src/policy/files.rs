@@ -291,7 +291,7 @@ pub fn load_and_publish(
         .into_iter()
         .map(|l| Candidate::new(l.policy.id.clone(), Ok(l.policy)))
         .collect();
-    handle.publish(PolicySnapshot::build(candidates, registry));
+    handle.publish_and_trim(PolicySnapshot::build(candidates, registry));
     Ok(count)
 }
 

@@ -3,10 +3,12 @@
 //! [`PolicySnapshot`] swapped atomically behind a [`SnapshotHandle`], and the
 //! file source ([`files`]).
 
+mod builder;
 mod compile;
 pub mod conditions;
 pub mod files;
 mod matching;
+mod sharded;
 mod snapshot;
 pub mod spec;
 
@@ -15,8 +17,10 @@ pub use compile::{
     ProofOfPossession,
 };
 pub use matching::{AmbiguousPath, HostPattern, PathPattern, RequestPath, normalize_host};
+pub use builder::{Seniority, SnapshotBuilder};
+pub use sharded::ShardedMap;
 pub use snapshot::{
-    Candidate, PolicySnapshot, PolicyState, ReloadReport, ReportedState, ServedIssuer,
+    Candidate, HostEntry, PolicyEntry, PolicySnapshot, PolicyState, ReloadReport, ReportedState, ServedIssuer,
     ServedPolicy, SnapshotHandle, Verification,
 };
 pub use spec::{

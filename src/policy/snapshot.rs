@@ -7,7 +7,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::compile::{ClaimHeader, CompiledIssuer, CompiledPolicy, FieldError, PolicyId};
+use super::builder::{Seniority, SnapshotBuilder};
 use super::matching::HostPattern;
+use super::sharded::ShardedMap;
 use crate::jwks::{JwksCache, JwksRegistry, JwksSource};
 use crate::token::{ClaimSelection, IssuerRules};
 
@@ -36,7 +38,7 @@ impl ServedPolicy {
     /// Binds `policy` to its issuers' key caches, one per issuer, taken
     /// from `keys_for`, with its verification rules and claim selection
     /// shared through `shared`.
-    fn new(
+    pub(super) fn new(
         policy: CompiledPolicy,
         mut keys_for: impl FnMut(&JwksSource) -> Arc<JwksCache>,
         shared: &mut Shared,
@@ -78,12 +80,14 @@ impl ServedPolicy {
 /// (their issuers, scope claims and claim headers): about a third of a
 /// compiled policy's memory.
 #[derive(Default)]
-struct Shared {
+pub(super) struct Shared {
     verifications: HashSet<Arc<Verification>>,
     selections: HashSet<Arc<ClaimSelection>>,
     issuers: HashSet<Arc<[CompiledIssuer]>>,
     scope_claims: HashSet<Arc<[Box<str>]>>,
     claim_headers: HashSet<Arc<[ClaimHeader]>>,
+    /// How many shared copies were left by the last prune.
+    size_after_prune: usize,
 }
 
 impl Shared {
@@ -93,6 +97,29 @@ impl Shared {
         policy.scope_claims = intern_arc(&mut self.scope_claims, policy.scope_claims);
         policy.claim_headers = intern_arc(&mut self.claim_headers, policy.claim_headers);
         policy
+    }
+
+    /// Forgets the shared copies no policy uses any more (only this set
+    /// holds them), once the sets have doubled since the last time: an
+    /// amortized constant cost per insertion.
+    pub(super) fn prune(&mut self) {
+        if self.size() < 2 * self.size_after_prune.max(64) {
+            return;
+        }
+        self.verifications.retain(|v| Arc::strong_count(v) > 1);
+        self.selections.retain(|v| Arc::strong_count(v) > 1);
+        self.issuers.retain(|v| Arc::strong_count(v) > 1);
+        self.scope_claims.retain(|v| Arc::strong_count(v) > 1);
+        self.claim_headers.retain(|v| Arc::strong_count(v) > 1);
+        self.size_after_prune = self.size();
+    }
+
+    fn size(&self) -> usize {
+        self.verifications.len()
+            + self.selections.len()
+            + self.issuers.len()
+            + self.scope_claims.len()
+            + self.claim_headers.len()
     }
 }
 
@@ -266,19 +293,40 @@ impl Candidate {
     }
 }
 
+/// What a host pattern resolves to.
+#[derive(Debug, Clone)]
+pub enum HostEntry {
+    /// The policy that serves it.
+    Served(Arc<ServedPolicy>),
+    /// Held for an invalid policy whose last good version this replica
+    /// never loaded (see [`Candidate::held_hosts`]): answered 503, never by
+    /// another policy.
+    Held(PolicyId),
+}
+
+/// One candidate of a snapshot: its state and what it serves or holds.
+#[derive(Debug)]
+pub struct PolicyEntry {
+    /// Its place in host ownership.
+    pub(super) seniority: Seniority,
+    /// Whether it is in force, and if not, why.
+    pub state: PolicyState,
+    /// The version that serves its hosts, if any.
+    pub served: Option<Arc<ServedPolicy>>,
+    /// The hosts held for it without a serving version.
+    pub held_hosts: Box<[HostPattern]>,
+}
+
 /// Policies in force, indexed by host, plus the state of every candidate.
-#[derive(Debug, Default)]
+///
+/// Its tables share their unchanged parts with the snapshots before and
+/// after it ([`ShardedMap`]): publishing an edit costs what the edit
+/// touched.
+#[derive(Debug, Default, Clone)]
 pub struct PolicySnapshot {
-    served: Vec<Arc<ServedPolicy>>,
-    exact: HashMap<Box<str>, usize>,
-    wildcard: HashMap<Box<str>, usize>,
-    /// Hosts held by invalid policies whose last good version this replica
-    /// never saw (see [`Candidate::held_hosts`]).
-    held_exact: HashMap<Box<str>, PolicyId>,
-    held_wildcard: HashMap<Box<str>, PolicyId>,
-    states: Vec<(PolicyId, PolicyState)>,
-    /// `served` by policy id.
-    served_by_id: HashMap<PolicyId, usize>,
+    exact: ShardedMap<Box<str>, HostEntry>,
+    wildcard: ShardedMap<Box<str>, HostEntry>,
+    policies: ShardedMap<PolicyId, Arc<PolicyEntry>>,
 }
 
 impl PolicySnapshot {
@@ -295,229 +343,153 @@ impl PolicySnapshot {
     /// [`PolicySnapshot::build`], with key caches from `keys_for`.
     pub fn build_with(
         candidates: Vec<Candidate>,
-        mut keys_for: impl FnMut(&JwksSource) -> Arc<JwksCache>,
+        keys_for: impl FnMut(&JwksSource) -> Arc<JwksCache> + Send,
     ) -> Self {
-        let (accepted, held, states) = assign_hosts(candidates);
-        let mut shared = Shared::default();
-        let mut snapshot = PolicySnapshot {
-            states,
-            ..PolicySnapshot::default()
-        };
-        for (id, hosts) in held {
-            for host in hosts {
-                match host {
-                    HostPattern::Exact(h) => snapshot.held_exact.insert(h, id.clone()),
-                    HostPattern::Wildcard(s) => snapshot.held_wildcard.insert(s, id.clone()),
-                };
-            }
+        let mut builder = SnapshotBuilder::new(keys_for);
+        for (position, candidate) in candidates.into_iter().enumerate() {
+            builder.upsert(
+                Seniority::position(position, candidate.id.clone()),
+                candidate,
+            );
         }
-        for policy in accepted {
-            let index = snapshot.served.len();
-            for host in &policy.hosts {
-                match host {
-                    HostPattern::Exact(h) => snapshot.exact.insert(h.clone(), index),
-                    HostPattern::Wildcard(s) => snapshot.wildcard.insert(s.clone(), index),
-                };
-            }
-            snapshot.served_by_id.insert(policy.id.clone(), index);
-            snapshot.served.push(Arc::new(ServedPolicy::new(
-                policy,
-                &mut keys_for,
-                &mut shared,
-            )));
+        builder.publish().0
+    }
+
+    pub(super) fn from_tables(
+        exact: ShardedMap<Box<str>, HostEntry>,
+        wildcard: ShardedMap<Box<str>, HostEntry>,
+        policies: ShardedMap<PolicyId, Arc<PolicyEntry>>,
+    ) -> Self {
+        PolicySnapshot {
+            exact,
+            wildcard,
+            policies,
         }
-        snapshot
     }
 
     /// The state each candidate would get from [`PolicySnapshot::build`],
-    /// without binding key caches (for validation).
+    /// in the candidates' order, without binding key caches (for
+    /// validation). A candidate whose id comes again later takes the later
+    /// one's state.
     pub fn states_of(candidates: Vec<Candidate>) -> Vec<(PolicyId, PolicyState)> {
-        assign_hosts(candidates).2
+        let ids: Vec<PolicyId> = candidates.iter().map(|c| c.id.clone()).collect();
+        let mut caches: HashMap<JwksSource, Arc<JwksCache>> = HashMap::new();
+        let snapshot = Self::build_with(candidates, |source| {
+            caches
+                .entry(source.clone())
+                .or_insert_with(|| JwksCache::unfetched(source.clone()))
+                .clone()
+        });
+        ids.into_iter()
+            .filter_map(|id| {
+                let state = snapshot.policies.get(&id)?.state.clone();
+                Some((id, state))
+            })
+            .collect()
     }
 
-    /// The policy for a normalized host: an exact host first, else the
-    /// wildcard with the longest suffix.
+    /// What a normalized host resolves to: the most specific pattern that
+    /// covers it (an exact host first, else the wildcard with the longest
+    /// suffix), whether it is served or held. A held host answers 503
+    /// before any less specific pattern is consulted.
+    pub fn resolve(&self, host: &str) -> Option<&HostEntry> {
+        if let Some(entry) = self.exact.get(host) {
+            return Some(entry);
+        }
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        host.match_indices('.')
+            .filter(|(i, _)| *i > 0)
+            .find_map(|(i, _)| self.wildcard.get(&host[i..]))
+    }
+
+    /// The policy that serves a normalized host (see
+    /// [`PolicySnapshot::resolve`]); `None` when none does or the host is held.
     pub fn lookup(&self, host: &str) -> Option<&Arc<ServedPolicy>> {
-        most_specific(&self.exact, &self.wildcard, host).map(|(&i, _)| &self.served[i])
-    }
-
-    /// The invalid policy that holds `host` without serving it (its last
-    /// good version unknown to this replica), when no served policy has a
-    /// more specific pattern for it: such a host answers 503.
-    pub fn held_by(&self, host: &str) -> Option<&PolicyId> {
-        let (id, held) = most_specific(&self.held_exact, &self.held_wildcard, host)?;
-        let served = most_specific(&self.exact, &self.wildcard, host).map(|(_, length)| length);
-        (served.is_none_or(|length| held > length)).then_some(id)
+        match self.resolve(host)? {
+            HostEntry::Served(served) => Some(served),
+            HostEntry::Held(_) => None,
+        }
     }
 
     /// The hosts this snapshot serves or holds for policy `id`.
     pub fn hosts_of(&self, id: &str) -> Vec<String> {
-        if let Some(served) = self.served_by_id(id) {
-            return served
-                .policy
-                .hosts
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-        }
-        let exact = self
-            .held_exact
-            .iter()
-            .filter(|(_, h)| &***h == id)
-            .map(|(e, _)| e.to_string());
-        let wildcard = self
-            .held_wildcard
-            .iter()
-            .filter(|(_, h)| &***h == id)
-            .map(|(s, _)| format!("*{s}"));
-        let mut hosts: Vec<String> = exact.chain(wildcard).collect();
-        hosts.sort();
-        hosts
+        let Some(entry) = self.policies.get(id) else {
+            return Vec::new();
+        };
+        let hosts = match &entry.served {
+            Some(served) => &served.policy.hosts[..],
+            None => &entry.held_hosts[..],
+        };
+        hosts.iter().map(ToString::to_string).collect()
     }
 
-    /// The policies being served.
-    pub fn served(&self) -> &[Arc<ServedPolicy>] {
-        &self.served
+    /// One candidate's entry.
+    pub fn policy(&self, id: &str) -> Option<&Arc<PolicyEntry>> {
+        self.policies.get(id)
     }
 
-    /// Every candidate's state, in build order.
-    pub fn states(&self) -> &[(PolicyId, PolicyState)] {
-        &self.states
+    /// Every candidate, in ownership order (oldest first).
+    pub fn entries(&self) -> Vec<(&PolicyId, &Arc<PolicyEntry>)> {
+        let mut entries: Vec<_> = self.policies.iter().collect();
+        entries.sort_by(|a, b| a.1.seniority.cmp(&b.1.seniority));
+        entries
+    }
+
+    /// The policies being served, in ownership order.
+    pub fn served(&self) -> Vec<&Arc<ServedPolicy>> {
+        self.entries()
+            .into_iter()
+            .filter_map(|(_, entry)| entry.served.as_ref())
+            .collect()
+    }
+
+    /// Every candidate's state, in ownership order.
+    pub fn states(&self) -> Vec<(&PolicyId, &PolicyState)> {
+        self.entries()
+            .into_iter()
+            .map(|(id, entry)| (id, &entry.state))
+            .collect()
     }
 
     /// The served policy with this id.
     pub fn served_by_id(&self, id: &str) -> Option<&Arc<ServedPolicy>> {
-        self.served_by_id.get(id).map(|&i| &self.served[i])
+        self.policies.get(id)?.served.as_ref()
+    }
+
+    /// How many candidates the snapshot holds.
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Whether it holds no candidate.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
     }
 
     /// Every candidate's state and how it is reported now (key caches
-    /// change between snapshots, so this is computed on each call).
+    /// change between snapshots, so this is computed on each call), in
+    /// ownership order.
     pub fn reported(&self) -> impl Iterator<Item = (&PolicyId, &PolicyState, ReportedState)> {
-        self.states.iter().map(|(id, state)| {
-            let reported = match state {
-                PolicyState::Accepted => match self.served_by_id(id) {
-                    Some(served) if served.lacks_keys() => ReportedState::JwksUnavailable,
-                    _ => ReportedState::Accepted,
-                },
-                PolicyState::Invalid { .. } => ReportedState::Invalid,
-                PolicyState::HostConflict { .. } => ReportedState::HostConflict,
-            };
-            (id, state, reported)
-        })
+        self.entries()
+            .into_iter()
+            .map(|(id, entry)| (id, &entry.state, entry.reported()))
     }
 }
 
-/// The value for `host` in an exact/wildcard index: an exact host first,
-/// else the wildcard with the longest suffix; with the match's length (how
-/// specific it is).
-fn most_specific<'m, V>(
-    exact: &'m HashMap<Box<str>, V>,
-    wildcard: &'m HashMap<Box<str>, V>,
-    host: &str,
-) -> Option<(&'m V, usize)> {
-    if let Some(value) = exact.get(host) {
-        return Some((value, usize::MAX));
-    }
-    if wildcard.is_empty() {
-        return None;
-    }
-    host.match_indices('.')
-        .filter(|(i, _)| *i > 0)
-        .find_map(|(i, _)| wildcard.get(&host[i..]).map(|v| (v, host.len() - i)))
-}
-
-/// Hosts held for invalid policies, by policy.
-type HeldHosts = Vec<(PolicyId, Vec<HostPattern>)>;
-
-/// Splits candidates into the policies that are served (in order), the
-/// hosts held for invalid ones, and the state of every candidate.
-/// Candidates come in ownership order (oldest first): each one may claim
-/// only hosts that no earlier served policy covers (see
-/// [`HostOwners::contested`]).
-fn assign_hosts(
-    candidates: Vec<Candidate>,
-) -> (Vec<CompiledPolicy>, HeldHosts, Vec<(PolicyId, PolicyState)>) {
-    let mut accepted = Vec::with_capacity(candidates.len());
-    let mut held = Vec::new();
-    let mut states = Vec::with_capacity(candidates.len());
-    let mut owners = HostOwners::default();
-    for candidate in candidates {
-        let (serving, invalid) = match candidate.compiled {
-            Ok(policy) => (Some(policy), None),
-            Err(errors) => (candidate.last_good, Some(errors)),
-        };
-        if serving.is_none()
-            && invalid.is_some()
-            && !candidate.held_hosts.is_empty()
-            && owners
-                .contested(&candidate.id, &candidate.held_hosts)
-                .is_none()
-        {
-            owners.claim(&candidate.id, &candidate.held_hosts);
-            held.push((candidate.id.clone(), candidate.held_hosts));
-        }
-        let conflict = serving
-            .as_ref()
-            .and_then(|policy| owners.contested(&policy.id, &policy.hosts));
-        let serves = serving.is_some() && conflict.is_none();
-        let state = match (invalid, conflict) {
-            // A last good version that lost its hosts (only possible when
-            // an older policy appeared meanwhile) serves nothing.
-            (Some(errors), _) => PolicyState::Invalid {
-                errors,
-                serving_last_good: serves,
+impl PolicyEntry {
+    /// How the policy is reported now.
+    pub fn reported(&self) -> ReportedState {
+        match &self.state {
+            PolicyState::Accepted => match &self.served {
+                Some(served) if served.lacks_keys() => ReportedState::JwksUnavailable,
+                _ => ReportedState::Accepted,
             },
-            (None, Some((host, winner, winner_host))) => PolicyState::HostConflict {
-                host,
-                winner,
-                winner_host,
-            },
-            (None, None) => PolicyState::Accepted,
-        };
-        if let Some(policy) = serving.filter(|_| serves) {
-            owners.claim(&policy.id, &policy.hosts);
-            accepted.push(policy);
-        }
-        states.push((candidate.id, state));
-    }
-    (accepted, held, states)
-}
-
-/// The host patterns claimed so far, with the policy (and its namespace)
-/// that owns each.
-#[derive(Default)]
-struct HostOwners(HashMap<HostPattern, PolicyId>);
-
-impl HostOwners {
-    /// The first of `policy`'s hosts that an owner already covers, with
-    /// that owner: the same pattern (whoever owns it), or a more specific
-    /// one under an owner's wildcard (`pay.corp.example.com` or
-    /// `*.pay.corp.example.com` under `*.corp.example.com`) unless both
-    /// policies are in the same namespace. A new wildcard over an owned
-    /// exact host is no conflict: lookup prefers the exact host.
-    fn contested(&self, id: &str, hosts: &[HostPattern]) -> Option<(String, PolicyId, String)> {
-        let namespace = namespace_of(id);
-        hosts.iter().find_map(|host| {
-            if let Some(owner) = self.0.get(host) {
-                return Some((host.to_string(), owner.clone(), host.to_string()));
-            }
-            host.covering_wildcards()
-                .find_map(|wildcard| Some((self.0.get(&wildcard)?, wildcard)))
-                .filter(|(owner, _)| namespace_of(owner) != namespace)
-                .map(|(owner, wildcard)| (host.to_string(), owner.clone(), wildcard.to_string()))
-        })
-    }
-
-    fn claim(&mut self, id: &PolicyId, hosts: &[HostPattern]) {
-        for host in hosts {
-            self.0.insert(host.clone(), id.clone());
+            PolicyState::Invalid { .. } => ReportedState::Invalid,
+            PolicyState::HostConflict { .. } => ReportedState::HostConflict,
         }
     }
-}
-
-/// The namespace part of a `namespace/name` id.
-fn namespace_of(id: &str) -> &str {
-    id.split_once('/').map_or("", |(namespace, _)| namespace)
 }
 
 /// Returns the heap pages malloc holds free to the OS. Parsing and
@@ -563,12 +535,17 @@ impl SnapshotHandle {
     }
 
     /// Replaces the snapshot; the first call marks policies as loaded.
-    /// Then hands the memory freed by building it (parsed YAML, the
-    /// replaced snapshot) back to the OS.
     pub fn publish(&self, snapshot: PolicySnapshot) {
         drop(self.current.swap(Arc::new(snapshot)));
         self.loaded
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// [`SnapshotHandle::publish`] after a full build, then hands the
+    /// memory freed by building it (parsed YAML, the replaced snapshot)
+    /// back to the OS.
+    pub fn publish_and_trim(&self, snapshot: PolicySnapshot) {
+        self.publish(snapshot);
         return_freed_memory();
     }
 

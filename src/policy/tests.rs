@@ -144,7 +144,7 @@ async fn a_newer_policy_cannot_carve_a_host_out_of_an_older_wildcard() {
     let states = snapshot.states();
     for (i, host) in [(1, "pay.corp.example.com"), (2, "*.eu.corp.example.com")] {
         assert_eq!(
-            states[i].1,
+            *states[i].1,
             PolicyState::HostConflict {
                 host: host.into(),
                 winner: "corp/wide".into(),
@@ -152,7 +152,7 @@ async fn a_newer_policy_cannot_carve_a_host_out_of_an_older_wildcard() {
             }
         );
     }
-    assert_eq!(states[3].1, PolicyState::Accepted, "not under the wildcard");
+    assert_eq!(*states[3].1, PolicyState::Accepted, "not under the wildcard");
     let owner = |host: &str| snapshot.lookup(host).map(|p| p.policy.id.to_string());
     assert_eq!(owner("pay.corp.example.com").as_deref(), Some("corp/wide"));
     assert_eq!(owner("a.eu.corp.example.com").as_deref(), Some("corp/wide"));
@@ -172,7 +172,7 @@ async fn an_older_exact_host_stays_with_its_owner_under_a_newer_wildcard() {
         snapshot
             .states()
             .iter()
-            .all(|(_, s)| *s == PolicyState::Accepted)
+            .all(|(_, s)| **s == PolicyState::Accepted)
     );
     let owner = |host: &str| snapshot.lookup(host).map(|p| p.policy.id.to_string());
     assert_eq!(owner("pay.corp.example.com").as_deref(), Some("team/exact"));
