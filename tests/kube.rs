@@ -456,6 +456,136 @@ async fn finding_1_hosts_stay_with_their_owner_until_it_is_deleted() {
     println!("owner deleted → rival Accepted and serving in {took:?}");
 }
 
+/// Issue 20, finding 1: a host held for an owner whose edit is invalid is
+/// never answered by another namespace's wider wildcard — not by the
+/// replica that saw the last good version, nor by replicas started after
+/// the invalid edit (which know only the status's `servedHosts`), however
+/// they are started in turn.
+#[tokio::test]
+async fn tenant_finding_1_replicas_started_after_an_invalid_edit_hold_the_host_before_any_wildcard()
+{
+    let cluster = cluster().await;
+    let owner_ns = namespace(&cluster.client, "t-held-a").await;
+    let rival_ns = namespace(&cluster.client, "t-held-b").await;
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let config = || {
+        let mut config = k8s_config(&cluster.kubeconfig(), &owner_ns, &owner_ns);
+        config.namespaces.push(rival_ns.clone());
+        config
+    };
+    let first = start_scopegate_with(config()).await;
+    let owners = policies(&cluster.client, &owner_ns);
+    let rivals = policies(&cluster.client, &rival_ns);
+    for (api, name) in [(&owners, "owner"), (&rivals, "wide")] {
+        delete_if_present(api, name).await; // a rerun on the same cluster
+    }
+    const PAY: &str = "pay.corp.example.com";
+    const OTHER: &str = "hr.corp.example.com";
+
+    let mut owner = token_policy(&owner_ns, "owner", &jwks, STANDARD_RULES);
+    owner.spec.hosts = vec![PAY.into()];
+    owners.create(&PostParams::default(), &owner).await.unwrap();
+    eventually("the owner serves its host", || async {
+        first
+            .check_host(PAY, "GET", "/orders", &[])
+            .await
+            .http_status()
+            == 401
+    })
+    .await;
+    // A newer wildcard of another namespace over the owner's exact host is
+    // no conflict: it serves every other host under it, anonymously.
+    let mut wide = token_policy(
+        &rival_ns,
+        "wide",
+        &jwks,
+        "  rules:\n    - anonymous: true\n",
+    );
+    wide.spec.hosts = vec!["*.corp.example.com".into()];
+    rivals.create(&PostParams::default(), &wide).await.unwrap();
+    eventually("the wildcard serves the other hosts", || async {
+        first.check_host(OTHER, "GET", "/", &[]).await.http_status() == 200
+    })
+    .await;
+
+    let broken = json!({"spec": {"rules": [{"paths": ["/a/**/b"]}]}});
+    owners
+        .patch("owner", &PatchParams::default(), &Patch::Merge(&broken))
+        .await
+        .unwrap();
+    eventually(
+        "the owner's status records it Invalid, with its host",
+        || async {
+            owners
+                .get("owner")
+                .await
+                .ok()
+                .and_then(|p| p.status)
+                .is_some_and(|status| {
+                    status.served_hosts == [PAY]
+                        && status
+                            .conditions
+                            .iter()
+                            .any(|c| c.reason == "Invalid" && c.message.contains("keeps serving"))
+                })
+        },
+    )
+    .await;
+    assert_eq!(
+        first
+            .check_host(PAY, "GET", "/orders", &[])
+            .await
+            .http_status(),
+        401,
+        "the replica that saw the last good version serves it"
+    );
+
+    // A replica started now never saw the last good version: it must hold
+    // the host (503), never answer it with the wildcard's anonymous rule.
+    let second = start_scopegate_with(config()).await;
+    let held = second.check_host(PAY, "GET", "/orders", &[]).await;
+    assert_eq!(
+        (
+            held.http_status(),
+            held.0.status.as_ref().map(|s| s.message.clone())
+        ),
+        (503, Some("policy_invalid".to_string())),
+        "a restarted replica answers the held host before any wildcard"
+    );
+    assert_eq!(
+        second
+            .check_host(OTHER, "GET", "/", &[])
+            .await
+            .http_status(),
+        200
+    );
+
+    // The first replica goes away; the second leads and rewrites the
+    // owner's status from what it knows; a third replica started after
+    // that still holds the host.
+    first.running.shutdown().await;
+    eventually("the leader records the held host", || async {
+        owners
+            .get("owner")
+            .await
+            .ok()
+            .and_then(|p| p.status)
+            .is_some_and(|status| {
+                status.served_hosts == [PAY]
+                    && status
+                        .conditions
+                        .iter()
+                        .any(|c| c.reason == "Invalid" && c.message.contains("stay reserved"))
+            })
+    })
+    .await;
+    let third = start_scopegate_with(config()).await;
+    for replica in [&second, &third] {
+        let held = replica.check_host(PAY, "GET", "/orders", &[]).await;
+        assert_eq!(held.http_status(), 503);
+    }
+}
+
 #[tokio::test]
 async fn one_replica_writes_status_and_another_takes_over_when_it_stops() {
     let cluster = cluster().await;

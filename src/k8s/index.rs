@@ -26,8 +26,8 @@ use super::status::StatusInput;
 use crate::jwks::{JwksCache, JwksSource};
 use crate::policy::spec::TokenPolicyStatus;
 use crate::policy::{
-    CompiledPolicy, HostPattern, PolicyId, PolicySnapshot, Seniority, SnapshotBuilder,
-    TokenPolicy, TokenPolicySpec,
+    CompiledPolicy, HostPattern, PolicyId, PolicySnapshot, Seniority, SnapshotBuilder, TokenPolicy,
+    TokenPolicySpec,
 };
 
 /// `namespace/name` of an object, ordered for deterministic iteration.
@@ -261,11 +261,8 @@ impl PolicyIndex {
                 }
             });
         }
-        self.builder.update(
-            indexed.seniority(id),
-            compiled,
-            indexed.held_hosts.clone(),
-        );
+        self.builder
+            .update(indexed.seniority(id), compiled, indexed.held_hosts.clone());
         self.objects.insert(key, indexed);
         self.unpublished = true;
         true
@@ -579,7 +576,10 @@ mod tests {
         index.relisted(&scope, loser);
         index.relisted(&scope, policy("b", "later", 20, &["x.example.com"]));
         index.finish_relist(&scope);
-        assert_eq!(states(&mut index)[0], ("b/later".into(), PolicyState::Accepted));
+        assert_eq!(
+            states(&mut index)[0],
+            ("b/later".into(), PolicyState::Accepted)
+        );
     }
 
     #[test]

@@ -620,12 +620,7 @@ mod tests {
     fn each_state_maps_to_a_ready_condition() {
         let now = SystemTime::now();
         let policy = input(None);
-        let accepted = desired_status(
-            &policy,
-            &PolicyState::Accepted,
-            &one(jwks(2, None)),
-            now,
-        );
+        let accepted = desired_status(&policy, &PolicyState::Accepted, &one(jwks(2, None)), now);
         assert_eq!(ready(&accepted), ("True", "Accepted", ""));
         assert_eq!(accepted.observed_generation, Some(3));
         assert_eq!(accepted.jwks.as_ref().unwrap().keys, 2);
@@ -655,22 +650,11 @@ mod tests {
             serving_last_good,
         };
         assert_eq!(
-            ready(&desired_status(
-                &policy,
-                &invalid(false),
-                &[],
-                now
-            )),
+            ready(&desired_status(&policy, &invalid(false), &[], now)),
             ("False", "Invalid", "spec.hosts: empty")
         );
         assert_eq!(
-            ready(&desired_status(
-                &policy,
-                &invalid(true),
-                &[],
-                now
-            ))
-            .2,
+            ready(&desired_status(&policy, &invalid(true), &[], now)).2,
             "spec.hosts: empty (the last valid version keeps serving)"
         );
 

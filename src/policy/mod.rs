@@ -12,16 +12,16 @@ mod sharded;
 mod snapshot;
 pub mod spec;
 
+pub use builder::{Seniority, SnapshotBuilder};
 pub use compile::{
     ActorRule, ClaimHeader, CompiledIssuer, CompiledPolicy, CompiledRule, FieldError, PolicyId,
     ProofOfPossession,
 };
 pub use matching::{AmbiguousPath, HostPattern, PathPattern, RequestPath, normalize_host};
-pub use builder::{Seniority, SnapshotBuilder};
 pub use sharded::ShardedMap;
 pub use snapshot::{
-    Candidate, HostEntry, PolicyEntry, PolicySnapshot, PolicyState, ReloadReport, ReportedState, ServedIssuer,
-    ServedPolicy, SnapshotHandle, Verification,
+    Candidate, HostEntry, PolicyEntry, PolicySnapshot, PolicyState, ReloadReport, ReportedState,
+    ServedIssuer, ServedPolicy, SnapshotHandle, Verification,
 };
 pub use spec::{
     DefaultAction, Mode, PopMechanism, ProofOfPossessionSpec, TokenPolicy, TokenPolicySpec,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::compile::{ClaimHeader, CompiledIssuer, CompiledPolicy, FieldError, PolicyId};
 use super::builder::{Seniority, SnapshotBuilder};
+use super::compile::{ClaimHeader, CompiledIssuer, CompiledPolicy, FieldError, PolicyId};
 use super::matching::HostPattern;
 use super::sharded::ShardedMap;
 use crate::jwks::{JwksCache, JwksRegistry, JwksSource};

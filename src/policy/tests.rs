@@ -152,7 +152,11 @@ async fn a_newer_policy_cannot_carve_a_host_out_of_an_older_wildcard() {
             }
         );
     }
-    assert_eq!(*states[3].1, PolicyState::Accepted, "not under the wildcard");
+    assert_eq!(
+        *states[3].1,
+        PolicyState::Accepted,
+        "not under the wildcard"
+    );
     let owner = |host: &str| snapshot.lookup(host).map(|p| p.policy.id.to_string());
     assert_eq!(owner("pay.corp.example.com").as_deref(), Some("corp/wide"));
     assert_eq!(owner("a.eu.corp.example.com").as_deref(), Some("corp/wide"));
