@@ -373,7 +373,10 @@ impl StatusWriter {
     pub async fn run(mut self) {
         let mut state = WriterState::default();
         let mut leading = *self.leader.borrow();
-        let tick = self.resync.min(Duration::from_secs(1));
+        // An interval, not a sleep per wake: a steady stream of changes
+        // must not starve the key cache checks.
+        let mut ticks = tokio::time::interval(self.resync.min(Duration::from_secs(1)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             if leading {
                 self.write_dirty(&mut state).await;
@@ -403,7 +406,7 @@ impl StatusWriter {
                     }
                     leading = now_leading;
                 }
-                _ = tokio::time::sleep(tick) => state.check_caches(),
+                _ = ticks.tick() => state.check_caches(),
             }
         }
     }
@@ -695,5 +698,77 @@ mod tests {
             later,
         );
         assert_eq!(flipped.conditions[0].last_transition_time, to_time(later));
+    }
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey {
+            namespace: "ns".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_fresher_fetch_time_alone_is_not_worth_a_write() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = |seconds_ago: u64| {
+            let mut state = jwks(2, None);
+            state.last_success = Some(now - Duration::from_secs(seconds_ago));
+            desired_status(&input(None), &PolicyState::Accepted, &one(state), now)
+        };
+        let written = at(600);
+        assert!(!worth_writing(&at(60), Some(&written)), "10 minutes newer");
+        assert!(worth_writing(&at(0), Some(&at(4000))), "over an hour newer");
+        let mut failing = jwks(2, Some("HTTP 500"));
+        failing.last_success = Some(now - Duration::from_secs(600));
+        let failing = desired_status(&input(None), &PolicyState::Accepted, &one(failing), now);
+        assert!(worth_writing(&failing, Some(&written)), "anything else changed");
+        assert!(worth_writing(&written, None));
+    }
+
+    #[test]
+    fn an_old_event_does_not_trigger_a_rewrite_of_an_unechoed_write() {
+        let written = Written {
+            status: TokenPolicyStatus::default(),
+            resource_version: Some("120".into()),
+            at: Instant::now(),
+        };
+        let seen = |rv: &str| StatusInput {
+            resource_version: Some(rv.into()),
+            ..input(None)
+        };
+        assert!(echo_pending(&written, &seen("100")), "an event from before the write");
+        assert!(!echo_pending(&written, &seen("120")), "the echo");
+        assert!(!echo_pending(&written, &seen("130")), "someone wrote since");
+    }
+
+    #[tokio::test]
+    async fn a_first_write_waits_for_the_first_key_fetch_and_a_right_status_is_not_written() {
+        let source = crate::jwks::JwksSource::Uri(
+            "https://tenant.example.com/.well-known/jwks.json".parse().unwrap(),
+        );
+        let unfetched = JwksCache::unfetched(source);
+        let mut state = WriterState::default();
+        let waiting = StatusInput {
+            issuers: vec![("https://tenant.example.com/".into(), unfetched)],
+            ..input(None)
+        };
+        let right = desired_status(
+            &input(None),
+            &PolicyState::Accepted,
+            &[],
+            SystemTime::now(),
+        );
+        state.apply(vec![
+            StatusChange::Set(key("waiting"), Box::new(waiting)),
+            StatusChange::Set(key("new"), Box::new(input(None))),
+            StatusChange::Set(key("right"), Box::new(input(Some(right)))),
+        ]);
+        let pending: Vec<String> = state.pending().into_iter().map(|(k, _)| k.name).collect();
+        assert_eq!(pending, vec!["new"]);
+        assert_eq!(
+            state.dirty.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+            vec!["waiting"],
+            "stays dirty until its keys are fetched (or the wait ends)"
+        );
     }
 }

@@ -121,6 +121,9 @@ impl Entry {
     }
 }
 
+/// Where a served policy gets the key cache of each of its issuers.
+type KeysFor<'k> = Box<dyn FnMut(&JwksSource) -> Arc<JwksCache> + Send + 'k>;
+
 /// Builds snapshots incrementally (see the module docs).
 pub struct SnapshotBuilder<'k> {
     entries: HashMap<PolicyId, Entry>,
@@ -135,7 +138,7 @@ pub struct SnapshotBuilder<'k> {
     /// Policy table entries to recompute.
     touched_policies: HashSet<PolicyId>,
     shared: Shared,
-    keys_for: Box<dyn FnMut(&JwksSource) -> Arc<JwksCache> + Send + 'k>,
+    keys_for: KeysFor<'k>,
     exact: ShardedMap<Box<str>, HostEntry>,
     wildcard: ShardedMap<Box<str>, HostEntry>,
     policies: ShardedMap<PolicyId, Arc<PolicyEntry>>,
@@ -593,7 +596,7 @@ mod tests {
         ];
         const NAMESPACES: [&str; 3] = ["n1", "n2", "n3"];
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        let mut pick_hosts = |rng: &mut Rng| -> Vec<&'static str> {
+        let pick_hosts = |rng: &mut Rng| -> Vec<&'static str> {
             let mut hosts: Vec<&'static str> = (0..1 + rng.below(2))
                 .map(|_| HOSTS[rng.below(HOSTS.len())])
                 .collect();
