@@ -543,6 +543,11 @@ async fn tenant_finding_1_replicas_started_after_an_invalid_edit_hold_the_host_b
     // A replica started now never saw the last good version: it must hold
     // the host (503), never answer it with the wildcard's anonymous rule.
     let second = start_scopegate_with(config()).await;
+    // Loaded: the wildcard answers its other hosts.
+    eventually("the second replica has listed the policies", || async {
+        second.check_host(OTHER, "GET", "/", &[]).await.http_status() == 200
+    })
+    .await;
     let held = second.check_host(PAY, "GET", "/orders", &[]).await;
     assert_eq!(
         (
@@ -580,6 +585,10 @@ async fn tenant_finding_1_replicas_started_after_an_invalid_edit_hold_the_host_b
     })
     .await;
     let third = start_scopegate_with(config()).await;
+    eventually("the third replica has listed the policies", || async {
+        third.check_host(OTHER, "GET", "/", &[]).await.http_status() == 200
+    })
+    .await;
     for replica in [&second, &third] {
         let held = replica.check_host(PAY, "GET", "/orders", &[]).await;
         assert_eq!(held.http_status(), 503);
