@@ -166,6 +166,26 @@ impl ScopegateProcess {
             .unwrap()
     }
 
+    /// The values of every `/metrics` series of `metric` whose labels
+    /// include all of `labels`, parsed as Prometheus text.
+    pub async fn series(&self, metric: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+        let text = self.metrics_text().await;
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_string())))
+            .expect("Prometheus text format");
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .filter_map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// JWKS fetch attempts so far, over all sources (from `/readyz`).
     pub async fn jwks_attempts(&self) -> u64 {
         self.readyz_body().await["jwks"]
