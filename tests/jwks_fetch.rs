@@ -681,6 +681,9 @@ async fn issuers_differing_by_a_trailing_slash_have_their_own_key_series() {
                 .all(|s| s["fetchAttempts"].as_u64() > Some(0))
     })
     .await;
+    let mut every = sg.series("scopegate_jwks_keys", &[]).await;
+    every.sort_by(f64::total_cmp);
+    assert_eq!(every, vec![0.0, 1.0], "one series per source");
     assert_eq!(keys(&with_slash).await, vec![1.0]);
     assert_eq!(keys(&without_slash).await, vec![0.0]);
 
