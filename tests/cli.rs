@@ -7,30 +7,12 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use support::process::{ScopegateProcess, scopegate_bin};
+use support::process::{
+    ScopegateProcess, dev_policy_with_tests, run, run_expecting, scopegate_bin, write,
+};
 use support::*;
-
-/// Runs the scopegate binary with `args` and collects its output.
-fn run<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
-    Command::new(scopegate_bin())
-        .args(args)
-        .env_remove("SCOPEGATE_POLICIES")
-        .env_remove("SCOPEGATE_ADDR")
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn write(dir: &Path, name: &str, contents: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path
-}
 
 /// Runs the binary with its stdout a pipe whose reading end is closed
 /// before it writes anything, as `| head -0` or an early `grep -q` leaves
@@ -46,7 +28,10 @@ fn run_with_closed_stdout(args: &[&str]) -> (Option<i32>, String) {
         .unwrap();
     drop(child.stdout.take()); // the reader is gone
     let output = child.wait_with_output().unwrap();
-    (output.status.code(), text(&output.stderr))
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// A dev-issuer policy for `orders.localhost` whose keys come from `jwks`.
@@ -60,12 +45,13 @@ fn orders_policy(jwks: &JwksServer) -> String {
     )
 }
 
-/// `scopegate check ARGS --addr <sg>`.
-fn check(sg: &ScopegateProcess, args: &[&str]) -> Output {
+/// `scopegate check ARGS --addr <sg>`, expecting exit `code` and each of
+/// `expected` in its output.
+fn check(sg: &ScopegateProcess, args: &[&str], code: i32, expected: &[&str]) -> String {
     let addr = sg.grpc_addr.to_string();
     let mut all = vec!["check", "--addr", &addr];
     all.extend_from_slice(args);
-    run(all)
+    run_expecting(all, code, expected)
 }
 
 #[tokio::test]
@@ -93,50 +79,51 @@ async fn a_closed_stdout_is_a_normal_exit_not_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// Runs the binary expecting exit 2, and `cause` exactly once in stderr.
+fn fails_saying_once(args: &[String], cause: &str) -> String {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.matches(cause).count(), 1, "{stderr}");
+    stderr
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(ToString::to_string).collect()
+}
+
 #[test]
 fn error_texts_say_their_cause_once_and_check_hints_at_addr_and_serve() {
-    let port = free_port().to_string();
-    let out = run([
-        "check",
-        "--addr",
-        &format!("127.0.0.1:{port}"),
-        "--host",
-        "h",
-    ]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
+    let nothing = format!("127.0.0.1:{}", free_port());
+    let stderr = fails_saying_once(
+        &strings(&["check", "--addr", &nothing, "--host", "h"]),
+        "Connection refused",
+    );
     assert!(
         stderr.contains("--addr") && stderr.contains("scopegate serve"),
         "{stderr}"
     );
-
-    let out = run(["serve", "--jwks-ca-file", "/nonexistent/ca.pem"]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert_eq!(
-        stderr.matches("No such file or directory").count(),
-        1,
-        "{stderr}"
+    fails_saying_once(
+        &strings(&["serve", "--jwks-ca-file", "/nonexistent/ca.pem"]),
+        "No such file or directory",
     );
-
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let out = run([
-        "serve".to_string(),
-        "--policies".into(),
+    let (policies, listen) = (
         dir.path().display().to_string(),
-        "--listen".into(),
         busy.local_addr().unwrap().to_string(),
-        "--admin-listen".into(),
-        "127.0.0.1:0".into(),
-    ]);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert_eq!(
-        stderr.matches("Address already in use").count(),
-        1,
-        "{stderr}"
+    );
+    fails_saying_once(
+        &strings(&[
+            "serve",
+            "--policies",
+            &policies,
+            "--listen",
+            &listen,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]),
+        "Address already in use",
     );
 }
 
@@ -151,86 +138,58 @@ async fn check_sends_a_repeated_header_twice_and_prints_rule_and_reason_on_a_den
     .await;
     let mut claims = claims(&jwks.issuer());
     claims["scope"] = "read:orders".into();
-    let token = KEY_A.sign(&claims);
-    let bearer = format!("authorization: Bearer {token}");
+    let bearer = format!("authorization: Bearer {}", KEY_A.sign(&claims));
+    let request = ["--host", "orders.localhost", "--path", "/orders"];
 
     // One Authorization header: allowed.
-    let out = check(
+    check(
         &sg,
-        &[
-            "--host",
-            "orders.localhost",
-            "--path",
-            "/orders",
-            "--header",
-            &bearer,
-        ],
+        &[&request[..], &["--header", &bearer]].concat(),
+        0,
+        &["ALLOW"],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
-
     // The same header twice reaches scopegate as two: 401 invalid_request.
-    let out = check(
+    let twice = [&request[..], &["--header", &bearer, "--header", &bearer]].concat();
+    check(
         &sg,
+        &twice,
+        1,
         &[
-            "--host",
-            "orders.localhost",
-            "--path",
-            "/orders",
-            "--header",
-            &bearer,
-            "--header",
-            &bearer,
+            "DENY 401 (several_credentials)",
+            "error=\"invalid_request\"",
         ],
     );
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.starts_with("DENY 401"), "{stdout}");
-    assert!(stdout.contains("invalid_request"), "{stdout}");
-
     // A deny names the rule that matched and why.
     claims["scope"] = "other".into();
-    let out = check(
+    let token = KEY_A.sign(&claims);
+    check(
         &sg,
-        &[
-            "--host",
-            "orders.localhost",
-            "--path",
-            "/orders",
-            "--token",
-            &KEY_A.sign(&claims),
-        ],
-    );
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(
-        stdout.contains("metadata: policy=test/orders reason=insufficient_scope rule=rules[0]"),
-        "{stdout}"
+        &[&request[..], &["--token", &token]].concat(),
+        1,
+        &["metadata: policy=test/orders reason=insufficient_scope rule=rules[0]"],
     );
 }
 
 #[test]
 fn validate_and_test_say_when_there_is_nothing_to_do() {
     let empty = tempfile::tempdir().unwrap();
-    let out = run([Path::new("validate"), empty.path()]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("no TokenPolicy in "), "{stdout}");
-
-    // Policies but no tests.
-    let out = run(["test", "examples/policies/dev.yaml"]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(
-        stdout
-            .contains("no TokenPolicyTest cases in examples/policies/dev.yaml (1 policies loaded)"),
-        "{stdout}"
+    run_expecting(
+        [Path::new("validate"), empty.path()],
+        1,
+        &["no TokenPolicy in "],
     );
-
+    // Policies but no tests.
+    run_expecting(
+        ["test", "examples/policies/dev.yaml"],
+        1,
+        &["no TokenPolicyTest cases in examples/policies/dev.yaml (1 policies loaded)"],
+    );
     // Tests whose policies were not given.
-    let out = run(["test", "examples/policies/dev.test.yaml"]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("(0 policies loaded)"), "{stdout}");
+    run_expecting(
+        ["test", "examples/policies/dev.test.yaml"],
+        1,
+        &["(0 policies loaded)"],
+    );
 }
 
 #[test]
@@ -241,23 +200,17 @@ fn files_of_other_kinds_are_named_by_their_kind() {
         "deploy.yaml",
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 1, template: {}}\n",
     );
-    let out = run([Path::new("validate"), dir.path()]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(
-        stdout.contains("deploy.yaml:1: kind: not a TokenPolicy (kind: Deployment)"),
-        "{stdout}"
+    let stdout = run_expecting(
+        [Path::new("validate"), dir.path()],
+        1,
+        &["deploy.yaml:1: kind: not a TokenPolicy (kind: Deployment)"],
     );
     assert!(!stdout.contains("unknown field"), "{stdout}");
 }
 
 #[test]
 fn policy_tests_can_expect_unknown_host_and_wrong_issuer() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("examples/policies/dev.yaml", dir.path().join("dev.yaml")).unwrap();
-    write(
-        dir.path(),
-        "dev.test.yaml",
+    let dir = dev_policy_with_tests(
         r#"apiVersion: scopegate.dev/v1alpha1
 kind: TokenPolicyTest
 metadata: {name: mistakes}
@@ -267,38 +220,31 @@ spec:
       request: {host: shop.localhost, path: /orders}
       claims: {sub: u, scope: "read:orders"}
       expect: {decision: deny, status: 403, reason: unknown_host}
-    - name: the issuer without its trailing slash
+    - name: the issuer with a trailing slash it does not have
       request: {host: orders.localhost, path: /orders}
       claims: {iss: "http://127.0.0.1:9080/", sub: u, scope: "read:orders"}
       expect: {decision: deny, status: 401, reason: wrong_issuer}
 "#,
     );
-    let out = run([Path::new("test"), dir.path()]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(
-        stdout.contains("policy tests: 2 passed, 0 failed (1 policies loaded)"),
-        "{stdout}"
+    run_expecting(
+        [Path::new("test"), dir.path()],
+        0,
+        &["policy tests: 2 passed, 0 failed (1 policies loaded)"],
     );
 }
 
 #[test]
 fn validate_warns_of_an_auth0_issuer_without_the_trailing_slash() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = host_policy_yaml(
-        "orders",
-        "orders.example.com",
-        "https://tenant.us.auth0.com",
-        None,
-        "[]",
-    );
+    let issuer = "https://tenant.us.auth0.com";
+    let policy = host_policy_yaml("orders", "orders.example.com", issuer, None, "[]");
     write(dir.path(), "p.yaml", &policy);
-    let out = run([Path::new("validate"), dir.path()]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(
-        stdout.contains("p.yaml:1: spec.issuer.url: warning: Auth0 tokens carry iss \"https://tenant.us.auth0.com/\""),
-        "{stdout}"
+    run_expecting(
+        [Path::new("validate"), dir.path()],
+        0,
+        &[
+            "p.yaml:1: spec.issuer.url: warning: Auth0 tokens carry iss \"https://tenant.us.auth0.com/\"",
+        ],
     );
 }
 
@@ -319,28 +265,19 @@ fn conflicts_across_folders_name_both_files() {
     };
     let first = write(a.path(), "orders.yaml", &policy("orders"));
     write(b.path(), "orders.yaml", &policy("orders"));
-    let out = run([Path::new("validate"), a.path(), b.path()]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert_eq!(stdout.lines().count(), 1, "{stdout}");
-    assert!(
-        stdout.contains(&format!(
-            "policy test/orders is defined more than once (also in {}:1; the paths given together form one policy set)",
-            first.display()
-        )),
-        "{stdout}"
+    let twice = format!(
+        "policy test/orders is defined more than once (also in {}:1; the paths given together form one policy set)",
+        first.display()
     );
+    let stdout = run_expecting([Path::new("validate"), a.path(), b.path()], 1, &[&twice]);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
 
     write(b.path(), "orders.yaml", &policy("orders-copy"));
-    let out = run([Path::new("validate"), a.path(), b.path()]);
-    let stdout = text(&out.stdout);
-    assert!(
-        stdout.contains(&format!(
-            "host orders.example.com is already claimed by policy test/orders in {}:1",
-            first.display()
-        )),
-        "{stdout}"
+    let claimed = format!(
+        "host orders.example.com is already claimed by policy test/orders in {}:1",
+        first.display()
     );
+    run_expecting([Path::new("validate"), a.path(), b.path()], 1, &[&claimed]);
 }
 
 #[tokio::test]

@@ -3,28 +3,10 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
-use support::process::ScopegateProcess;
+use support::process::{ScopegateProcess, dev_policy_with_tests, run, write};
 use support::*;
-
-const SCOPEGATE: &str = env!("CARGO_BIN_EXE_scopegate");
-
-/// Runs the scopegate binary with `args` and collects its output.
-fn run<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
-    Command::new(SCOPEGATE)
-        .args(args)
-        .env_remove("SCOPEGATE_POLICIES")
-        .output()
-        .unwrap()
-}
-
-fn write(dir: &std::path::Path, name: &str, contents: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path
-}
 
 #[test]
 fn validate_accepts_the_examples() {
@@ -377,11 +359,7 @@ fn policy_tests_of_the_examples_pass() {
 /// and what the Check answered, and the exit status is 1.
 #[test]
 fn a_failing_policy_test_says_why_and_exits_1() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("examples/policies/dev.yaml", dir.path().join("dev.yaml")).unwrap();
-    write(
-        dir.path(),
-        "dev.test.yaml",
+    let dir = dev_policy_with_tests(
         r#"apiVersion: scopegate.dev/v1alpha1
 kind: TokenPolicyTest
 metadata: {name: wrong}
