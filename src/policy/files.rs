@@ -201,6 +201,13 @@ fn load_file(file: &Path, text: &str, loaded: &mut Vec<LoadedPolicy>, errors: &m
                 errors.push(file_error(file, number, "kind", message));
                 continue;
             }
+            None if value.get("apiVersion").is_none() => {
+                // An Envoy bootstrap, a values file, …: not a policy at all.
+                let message =
+                    format!("not a {POLICY_KIND} (the document has no apiVersion and no kind)");
+                errors.push(file_error(file, number, "kind", message));
+                continue;
+            }
             _ => {}
         }
         match parse_document(value) {
