@@ -200,10 +200,18 @@ fn files_of_other_kinds_are_named_by_their_kind() {
         "deploy.yaml",
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 1, template: {}}\n",
     );
+    write(
+        dir.path(),
+        "envoy.yaml",
+        "admin: {address: {}}\nstatic_resources: {}\n",
+    );
     let stdout = run_expecting(
         [Path::new("validate"), dir.path()],
         1,
-        &["deploy.yaml:1: kind: not a TokenPolicy (kind: Deployment)"],
+        &[
+            "deploy.yaml:1: kind: not a TokenPolicy (kind: Deployment)",
+            "envoy.yaml:1: kind: not a TokenPolicy (the document has no apiVersion and no kind)",
+        ],
     );
     assert!(!stdout.contains("unknown field"), "{stdout}");
 }
