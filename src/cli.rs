@@ -469,7 +469,12 @@ async fn mint(args: MintArgs) -> anyhow::Result<ExitCode> {
         .json(&request)
         .send()
         .await
-        .with_context(|| format!("POST {url}"))?
+        .with_context(|| {
+            format!(
+                "cannot reach the dev issuer at {url} (is `scopegate serve --dev-issuer ADDR` running, \
+                 and --issuer the URL it printed?)"
+            )
+        })?
         .error_for_status()?;
     let minted: MintResponse = response.json().await.context("the dev issuer's answer")?;
     out!("{}", minted.access_token);
