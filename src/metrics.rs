@@ -273,8 +273,8 @@ fn register_observed_gauges(meter: &Meter) {
         .u64_observable_gauge("scopegate.jwks.keys")
         .with_description("Usable keys per JWKS source.")
         .with_callback(|observer| {
-            for (label, state) in live_jwks_states() {
-                observer.observe(state.keys as u64, &[label]);
+            for (labels, state) in live_jwks_states() {
+                observer.observe(state.keys as u64, &labels);
             }
         })
         .build();
@@ -287,21 +287,21 @@ fn register_observed_gauges(meter: &Meter) {
         .with_callback(|observer| {
             // 0 for a source that never succeeded, so that an alert on
             // the time since the last success fires for it too.
-            for (label, state) in live_jwks_states() {
+            for (labels, state) in live_jwks_states() {
                 let at = state.last_success.map_or(0.0, unix_seconds);
-                observer.observe(at, &[label]);
+                observer.observe(at, &labels);
             }
         })
         .build();
 }
 
-fn live_jwks_states() -> Vec<(KeyValue, crate::jwks::JwksState)> {
+fn live_jwks_states() -> Vec<(Vec<KeyValue>, crate::jwks::JwksState)> {
     let mut caches = JWKS_CACHES.lock().expect("never poisoned");
     caches.retain(|cache| cache.strong_count() > 0);
     caches
         .iter()
         .filter_map(Weak::upgrade)
-        .map(|cache| (jwks_label(cache.metric_label()), cache.state()))
+        .map(|cache| (jwks_labels(&cache), cache.state()))
         .collect()
 }
 
@@ -311,8 +311,15 @@ fn unix_seconds(at: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
-fn jwks_label(source: &Arc<str>) -> KeyValue {
-    KeyValue::new("jwks_uri", source.clone())
+/// The labels of a key source: `jwks_uri`, and `issuer` for a discovery
+/// source (two issuers that differ by a trailing slash share the discovery
+/// URL, not the source: each gets its own series).
+fn jwks_labels(cache: &JwksCache) -> Vec<KeyValue> {
+    let mut labels = vec![KeyValue::new("jwks_uri", cache.metric_label().clone())];
+    if let Some(issuer) = cache.source().issuer() {
+        labels.push(KeyValue::new("issuer", issuer.to_string()));
+    }
+    labels
 }
 
 /// Records one Check: `scopegate_check_decisions_total` and
@@ -337,12 +344,12 @@ pub fn check_decision(
         .add(1, &[policy, decision, KeyValue::new("reason", reason)]);
 }
 
-/// Records one JWKS fetch of `source`: `result` is `success` or an error
+/// Records one JWKS fetch of `cache`: `result` is `success` or an error
 /// class (`scopegate_jwks_fetches_total`).
-pub fn jwks_fetch(source: &Arc<str>, result: &'static str) {
-    metrics()
-        .jwks_fetches
-        .add(1, &[jwks_label(source), KeyValue::new("result", result)]);
+pub fn jwks_fetch(cache: &JwksCache, result: &'static str) {
+    let mut labels = jwks_labels(cache);
+    labels.push(KeyValue::new("result", result));
+    metrics().jwks_fetches.add(1, &labels);
 }
 
 /// Reports `cache`'s keys and last success (`scopegate_jwks_keys`,

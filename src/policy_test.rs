@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, KeyPair as _};
@@ -130,6 +130,8 @@ pub struct TestReport {
     pub passed: usize,
     /// Cases that failed.
     pub failed: usize,
+    /// Policies loaded from the paths (the cases run against these only).
+    pub policies: usize,
 }
 
 /// Loads the policies and the tests under `paths` and runs every case.
@@ -148,7 +150,10 @@ pub async fn run(paths: &[PathBuf]) -> Result<TestReport, Vec<FileError>> {
         issuers.cache_for(source)
     }));
     let service = CheckService::new(handle.clone(), Arc::new(TokenCache::disabled()));
-    let mut report = TestReport::default();
+    let mut report = TestReport {
+        policies: policies.len(),
+        ..TestReport::default()
+    };
     for (file, document) in tests {
         for case in &document.spec.cases {
             let label = format!(
@@ -222,30 +227,7 @@ async fn run_case(
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect();
     if let Some(claims) = &case.claims {
-        let host = crate::policy::normalize_host(&case.request.host);
-        let snapshot = handle.load();
-        let served = snapshot
-            .lookup(&host)
-            .ok_or_else(|| format!("no policy serves host {:?}", case.request.host))?;
-        let issuer = &served.policy.issuers[0];
-        let mut claims = claims.clone();
-        let now = unix_now();
-        claims
-            .entry("iss")
-            .or_insert_with(|| json!(&*issuer.rules.issuer));
-        claims
-            .entry("aud")
-            .or_insert_with(|| json!(&*issuer.rules.audiences[0]));
-        claims.entry("iat").or_insert_with(|| json!(now));
-        claims.entry("exp").or_insert_with(|| json!(now + 300));
-        let iss = claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let signer = issuers
-            .signer_for_issuer(iss)
-            .ok_or_else(|| format!("no loaded policy has the issuer {iss:?}"))?;
-        let token = signer.sign(&Value::Object(claims));
+        let token = token_for(handle, issuers, &case.request.host, claims)?;
         headers.insert("authorization".into(), format!("Bearer {token}"));
     }
     let request = CheckRequest {
@@ -264,6 +246,42 @@ async fn run_case(
         }),
     };
     compare(&case.expect, &service.check_request(&request).await)
+}
+
+/// The token of a case: `claims` completed from the policy serving `host`
+/// (its first issuer and audience; `iat`, `exp`) and signed with the key of
+/// the issuer `iss` names. An `iss` no policy lists is signed with the
+/// serving policy's key, so the Check sees exactly a wrong issuer
+/// (`wrong_issuer`); a host no policy serves still gets a signed token
+/// (`unknown_host`).
+fn token_for(
+    handle: &SnapshotHandle,
+    issuers: &TestIssuers,
+    host: &str,
+    claims: &Map<String, Value>,
+) -> Result<String, String> {
+    let snapshot = handle.load();
+    let served = snapshot
+        .lookup(&crate::policy::normalize_host(host))
+        .map(|served| &served.policy.issuers[0]);
+    let mut claims = claims.clone();
+    let now = unix_now();
+    if let Some(issuer) = served {
+        claims
+            .entry("iss")
+            .or_insert_with(|| json!(&*issuer.rules.issuer));
+        claims
+            .entry("aud")
+            .or_insert_with(|| json!(&*issuer.rules.audiences[0]));
+    }
+    claims.entry("iat").or_insert_with(|| json!(now));
+    claims.entry("exp").or_insert_with(|| json!(now + 300));
+    let iss = claims.get("iss").and_then(Value::as_str);
+    let signer = iss
+        .and_then(|iss| issuers.signer_for_issuer(iss))
+        .or_else(|| served.and_then(|issuer| issuers.signer_for_source(&issuer.jwks_source)))
+        .map_or_else(|| issuers.stranger(), Ok)?;
+    Ok(signer.sign(&Value::Object(claims)))
 }
 
 /// What the Check answered against what the case expects.
@@ -332,6 +350,7 @@ fn compare(expect: &Expectation, response: &CheckResponse) -> Result<(), String>
 struct TestIssuers {
     by_source: HashMap<JwksSource, (Arc<TestSigner>, Arc<JwksCache>)>,
     by_issuer: HashMap<String, Arc<TestSigner>>,
+    stranger: OnceLock<TestSigner>,
 }
 
 impl TestIssuers {
@@ -339,6 +358,7 @@ impl TestIssuers {
         let mut issuers = TestIssuers {
             by_source: HashMap::new(),
             by_issuer: HashMap::new(),
+            stranger: OnceLock::new(),
         };
         for issuer in policies.iter().flat_map(|p| p.policy.issuers.iter()) {
             let source = issuer.jwks_source.clone();
@@ -371,6 +391,20 @@ impl TestIssuers {
 
     fn signer_for_issuer(&self, iss: &str) -> Option<&TestSigner> {
         self.by_issuer.get(iss).map(|s| &**s)
+    }
+
+    fn signer_for_source(&self, source: &JwksSource) -> Option<&TestSigner> {
+        self.by_source.get(source).map(|(signer, _)| &**signer)
+    }
+
+    /// A key no policy trusts, made on first use: it signs the tokens of
+    /// cases whose host no policy serves.
+    fn stranger(&self) -> Result<&TestSigner, String> {
+        if let Some(signer) = self.stranger.get() {
+            return Ok(signer);
+        }
+        let signer = TestSigner::generate(Algorithm::RS256)?;
+        Ok(self.stranger.get_or_init(|| signer))
     }
 }
 

@@ -645,3 +645,65 @@ fn policy_urls_naming_metadata_addresses_or_plain_http_are_invalid() {
     }
     assert!(!stdout.contains(":5:"), "loopback http is valid:\n{stdout}");
 }
+
+/// Two issuers that differ only by the trailing slash share a discovery
+/// URL but not a key source: the one the discovery document names gets
+/// keys, the other fails (`the discovery document's issuer differs`). Each
+/// has its own `scopegate_jwks_keys` series and `/readyz` entry, so the
+/// healthy issuer does not read 0 keys (it shared one series with the
+/// broken one, which fired both key alerts for it).
+#[tokio::test]
+async fn issuers_differing_by_a_trailing_slash_have_their_own_key_series() {
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let with_slash = jwks.issuer(); // what the discovery document names
+    let without_slash = with_slash.trim_end_matches('/').to_string();
+    let policies = [
+        support::host_policy_yaml("slash", "a.example.com", &with_slash, None, "[]"),
+        support::host_policy_yaml("no-slash", "b.example.com", &without_slash, None, "[]"),
+    ]
+    .join("---\n");
+    let dir = tempfile::tempdir().unwrap();
+    let sg = ScopegateProcess::serve_policy(dir.path(), &policies, &[], |_| {}).await;
+    let keys = |issuer: &str| {
+        let issuer = issuer.to_string();
+        let sg = &sg;
+        async move {
+            sg.series("scopegate_jwks_keys", &[("issuer", &issuer)])
+                .await
+        }
+    };
+    eventually("both sources were fetched", || async {
+        let body = sg.readyz_body().await;
+        let sources = body["jwks"].as_array().unwrap().clone();
+        sources.len() == 2
+            && sources
+                .iter()
+                .all(|s| s["fetchAttempts"].as_u64() > Some(0))
+    })
+    .await;
+    let mut every = sg.series("scopegate_jwks_keys", &[]).await;
+    every.sort_by(f64::total_cmp);
+    assert_eq!(every, vec![0.0, 1.0], "one series per source");
+    assert_eq!(keys(&with_slash).await, vec![1.0]);
+    assert_eq!(keys(&without_slash).await, vec![0.0]);
+
+    let body = sg.readyz_body().await;
+    let entry = |issuer: &str| -> Value {
+        body["jwks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["issuer"] == issuer)
+            .unwrap_or_else(|| panic!("no /readyz entry for {issuer}: {body}"))
+            .clone()
+    };
+    assert_eq!(entry(&with_slash)["keys"], 1, "{body}");
+    let broken = entry(&without_slash);
+    assert_eq!(broken["keys"], 0, "{body}");
+    assert!(
+        broken["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("issuer")),
+        "{body}"
+    );
+}

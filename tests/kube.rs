@@ -268,6 +268,8 @@ async fn uncompilable_and_conflicting_policies_are_not_ready_while_others_serve(
     let uncompilable = "  rules:\n    - paths: [\"/a/**/b\"]\n";
     let mut invalid = token_policy(&ns, "invalid", &jwks, uncompilable);
     invalid.spec.hosts = vec!["other.example.com".into()];
+    // `issuers:` instead of `issuer:`: the Issuer column shows it too.
+    invalid.spec.issuers = Some(vec![invalid.spec.issuer.take().unwrap()]);
     api.create(&PostParams::default(), &invalid).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await; // a later creationTimestamp
     api.create(
@@ -337,6 +339,9 @@ async fn uncompilable_and_conflicting_policies_are_not_ready_while_others_serve(
         "{table}"
     );
     assert!(row("late ").contains("HostConflict"), "{table}");
+    for name in ["good ", "invalid "] {
+        assert!(row(name).contains(&jwks.issuer()), "{table}");
+    }
 }
 
 /// Deletes `name` if it exists and waits until it is gone.

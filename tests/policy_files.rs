@@ -3,27 +3,10 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
+use support::process::{ScopegateProcess, dev_policy_with_tests, run, write};
 use support::*;
-
-const SCOPEGATE: &str = env!("CARGO_BIN_EXE_scopegate");
-
-/// Runs the scopegate binary with `args` and collects its output.
-fn run<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
-    Command::new(SCOPEGATE)
-        .args(args)
-        .env_remove("SCOPEGATE_POLICIES")
-        .output()
-        .unwrap()
-}
-
-fn write(dir: &std::path::Path, name: &str, contents: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path
-}
 
 #[test]
 fn validate_accepts_the_examples() {
@@ -320,7 +303,7 @@ fn documented_policies_validate() {
         let text = std::fs::read_to_string(page).unwrap();
         for (i, block) in text.split("```yaml\n").skip(1).enumerate() {
             let block = block.split("```").next().unwrap();
-            if block.contains("kind: TokenPolicy") {
+            if block.lines().any(|line| line.trim() == "kind: TokenPolicy") {
                 let name = page.file_stem().unwrap().to_string_lossy();
                 files.push(write(dir.path(), &format!("{name}-{i}.yaml"), block));
             }
@@ -376,11 +359,7 @@ fn policy_tests_of_the_examples_pass() {
 /// and what the Check answered, and the exit status is 1.
 #[test]
 fn a_failing_policy_test_says_why_and_exits_1() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("examples/policies/dev.yaml", dir.path().join("dev.yaml")).unwrap();
-    write(
-        dir.path(),
-        "dev.test.yaml",
+    let dir = dev_policy_with_tests(
         r#"apiVersion: scopegate.dev/v1alpha1
 kind: TokenPolicyTest
 metadata: {name: wrong}
@@ -406,5 +385,56 @@ spec:
     assert!(
         stdout.contains("ok   ") && stdout.contains("policy tests: 1 passed, 1 failed"),
         "{stdout}"
+    );
+}
+
+/// Files mode keeps the last good policies through a reload that reads a
+/// half-written file (unparseable) or an emptied one (no policy left), and
+/// counts both as failed reloads; the policies keep answering over gRPC. An
+/// empty file used to publish an empty set: every Check then answered
+/// `unknown_host`.
+#[tokio::test]
+async fn a_half_written_or_emptied_file_keeps_the_last_good_policies() {
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), STANDARD_RULES);
+    let sg = ScopegateProcess::serve_policy(dir.path(), &policy, &[], |_| {}).await;
+    let token = KEY_A.sign(&claims(&jwks.issuer()));
+    eventually("the policy allows with fetched keys", || async {
+        bearer_status(sg.client().await, &token).await == 200
+    })
+    .await;
+    let failed_reloads = || sg.series("scopegate_policy_reloads_total", &[("result", "invalid")]);
+    assert_eq!(failed_reloads().await, vec![0.0]);
+
+    let half_written = &policy[..policy.find("audiences").unwrap()];
+    for (n, contents) in [
+        (1.0, format!("{half_written}    audiences: [\"http")),
+        (2.0, String::new()),
+    ] {
+        write(dir.path(), "policy.yaml", &contents);
+        eventually("the reload is counted as failed", || async {
+            failed_reloads().await == vec![n]
+        })
+        .await;
+        assert_eq!(
+            bearer_status(sg.client().await, &token).await,
+            200,
+            "the last good policy keeps answering after {contents:?}"
+        );
+    }
+    let last_reload = sg.readyz_body().await["lastReload"].clone();
+    assert_eq!(last_reload["result"], "invalid", "{last_reload}");
+    assert!(
+        last_reload["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("no TokenPolicy left"),
+        "{last_reload}"
+    );
+    assert_eq!(
+        sg.series("scopegate_policy_reloads_total", &[("result", "success")])
+            .await,
+        vec![0.0]
     );
 }

@@ -123,13 +123,29 @@ pub fn deny(realm: &str, denial: &Denial, policy: Option<&CompiledPolicy>) -> Ch
         503 => code::UNAVAILABLE,
         _ => code::PERMISSION_DENIED,
     };
-    denied(
+    let mut response = denied(
         denial.status,
         grpc_code,
         denial.reason,
         headers,
         body.to_string(),
-    )
+    );
+    response.dynamic_metadata = Some(deny_metadata(policy, denial));
+    response
+}
+
+/// The dynamic metadata of a deny: `policy` and `rule` when known, and the
+/// `reason`, for access logs and `scopegate check`.
+fn deny_metadata(policy: Option<&CompiledPolicy>, denial: &Denial) -> Struct {
+    let mut metadata = HashMap::with_capacity(3);
+    if let Some(policy) = policy {
+        metadata.insert("policy".to_string(), string_value(&policy.id));
+    }
+    if let Some(rule) = &denial.rule {
+        metadata.insert("rule".to_string(), string_value(rule));
+    }
+    metadata.insert("reason".to_string(), string_value(denial.reason));
+    Struct { fields: metadata }
 }
 
 /// The policy's RFC 9728 metadata document, answered by Envoy as the

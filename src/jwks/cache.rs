@@ -221,7 +221,7 @@ impl JwksCache {
             .as_ref()
             .map_or_else(FetchError::label, |_| "success");
         span.record("result", result_label);
-        crate::metrics::jwks_fetch(&self.label, result_label);
+        crate::metrics::jwks_fetch(self, result_label);
         let outcome = {
             let mut report = self.lock_report();
             report.jwks_uri = state.jwks_uri.as_ref().map(ToString::to_string);

@@ -51,6 +51,20 @@ pub enum JwksSource {
     },
 }
 
+impl JwksSource {
+    /// The issuer a discovery source is for. Two issuers that differ only
+    /// by a trailing slash share a discovery URL but not a source (at most
+    /// one of them matches the document's `issuer`): this tells them apart
+    /// in metrics and `/readyz`. `None` for a fixed JWKS URI, which every
+    /// issuer naming it shares.
+    pub fn issuer(&self) -> Option<&str> {
+        match self {
+            JwksSource::Uri(_) => None,
+            JwksSource::Discovery { issuer, .. } => Some(issuer),
+        }
+    }
+}
+
 impl fmt::Display for JwksSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -165,6 +179,19 @@ fn build_client(
         .map_err(|e| ClientError(fetch::error_chain(&e)))
 }
 
+/// One key source in `/readyz`: its state, and for a discovery source the
+/// issuer it is for.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwksReport {
+    /// The cache's state.
+    #[serde(flatten)]
+    pub state: JwksState,
+    /// The issuer whose discovery this source is (absent for a `jwksUri`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+}
+
 /// Hands out one shared [`JwksCache`] per [`JwksSource`].
 ///
 /// The registry holds caches weakly: a cache (and its refresh task) lives as
@@ -223,6 +250,27 @@ impl JwksRegistry {
         );
         caches.insert(source.clone(), Arc::downgrade(&cache));
         cache
+    }
+
+    /// Every live cache's state with the issuer of a discovery source, for
+    /// `/readyz`: one entry per source.
+    pub fn reports(&self) -> Vec<JwksReport> {
+        let caches = self
+            .inner
+            .caches
+            .lock()
+            .expect("registry lock is never poisoned");
+        let mut reports: Vec<JwksReport> = caches
+            .iter()
+            .filter_map(|(source, weak)| {
+                weak.upgrade().map(|cache| JwksReport {
+                    state: cache.state(),
+                    issuer: source.issuer().map(str::to_string),
+                })
+            })
+            .collect();
+        reports.sort_by(|a, b| (&a.state.source, &a.issuer).cmp(&(&b.state.source, &b.issuer)));
+        reports
     }
 
     /// The state of every live cache, for readiness and status reporting.

@@ -1,5 +1,5 @@
-//! MCP servers as protected resources (DESIGN §5): the building blocks a
-//! Check needs to serve an MCP API, not yet wired into `decide`.
+//! MCP servers as protected resources (DESIGN §5): what a Check of an MCP
+//! API uses (`authz` calls it from the decision and the response).
 //!
 //! * [`ProtectedResource`] — RFC 9728 protected resource metadata: the
 //!   document, the well-known paths it is answered on, and the URL a

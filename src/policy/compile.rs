@@ -245,6 +245,11 @@ impl CompiledPolicy {
                 warnings.add(format!("spec.scopeClaims[{i}]"), PERMISSIONS_WARNING);
             }
         }
+        for (field, url) in issuer_urls(spec) {
+            if let Some(message) = auth0_trailing_slash_warning(url) {
+                warnings.add(format!("{field}.url"), message);
+            }
+        }
 
         let rules: Box<[CompiledRule]> = spec
             .rules
@@ -389,6 +394,29 @@ fn compile_actor(
 
 /// Why counting Auth0's `permissions` as scopes is rarely right.
 const PERMISSIONS_WARNING: &str = "\"permissions\" holds every permission the user has for this API (Auth0 RBAC), not what the user consented to for this client: an agent granted read:orders would pass a delete:orders rule whenever the user could delete. List it only for machine-to-machine APIs, where both claims hold the client's grant";
+
+/// Every issuer URL of `spec`, with its field path.
+fn issuer_urls(spec: &TokenPolicySpec) -> Vec<(String, &str)> {
+    let single = spec
+        .issuer
+        .iter()
+        .map(|i| ("spec.issuer".to_string(), i.url.as_str()));
+    let several = spec.issuers.iter().flatten().enumerate();
+    single
+        .chain(several.map(|(n, i)| (format!("spec.issuers[{n}]"), i.url.as_str())))
+        .collect()
+}
+
+/// Auth0 tokens carry `iss` with a trailing slash (`https://TENANT.auth0.com/`):
+/// an Auth0 issuer URL without it matches no token, and its discovery
+/// document names the other form (`JwksUnavailable`).
+fn auth0_trailing_slash_warning(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let auth0 = parsed.host_str()?.ends_with(".auth0.com");
+    (auth0 && !url.ends_with('/')).then(|| {
+        format!("Auth0 tokens carry iss \"{url}/\" (with the trailing slash): this URL matches none of them and its discovery document names the other form; write \"{url}/\"")
+    })
+}
 
 /// The `issuer` or `issuers` of a policy, compiled; exactly one must be set
 /// and `iss` values must be unique.

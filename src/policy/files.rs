@@ -7,9 +7,12 @@
 //!
 //! Files are all-or-nothing: if any document is invalid, the whole set is
 //! rejected with `file:document: field.path: message` lines and, when
-//! reloading, the last good set keeps serving.
+//! reloading, the last good set keeps serving. A reload that would replace
+//! a non-empty set with an empty one (a file emptied, or caught
+//! half-written) is rejected the same way. A document of another kind
+//! than `TokenPolicy` or `TokenPolicyTest` is an error that names its kind.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,11 +21,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use notify::Watcher as _;
 use serde::Deserialize;
 
-use super::{Candidate, CompiledPolicy, PolicyId, PolicySnapshot, SnapshotHandle, TokenPolicySpec};
+use super::{
+    Candidate, CompiledPolicy, PolicyId, PolicySnapshot, PolicyState, SnapshotHandle,
+    TokenPolicySpec,
+};
 use crate::jwks::JwksRegistry;
 
 /// The `apiVersion` every document must have.
 pub const API_VERSION: &str = "scopegate.dev/v1alpha1";
+
+/// The kind of a policy document.
+pub const POLICY_KIND: &str = "TokenPolicy";
 
 /// The kind of a policy test document (`scopegate test`): such documents may
 /// sit next to policies and are skipped by the policy loader.
@@ -183,8 +192,23 @@ fn load_file(file: &Path, text: &str, loaded: &mut Vec<LoadedPolicy>, errors: &m
                 return;
             }
         };
-        if value.get("kind").and_then(serde_yaml_ng::Value::as_str) == Some(TEST_KIND) {
-            continue; // a policy test, read by `scopegate test`
+        match value.get("kind").and_then(serde_yaml_ng::Value::as_str) {
+            Some(TEST_KIND) => continue, // a policy test, read by `scopegate test`
+            Some(kind) if kind != POLICY_KIND => {
+                // Another kind's fields are not mistakes in a TokenPolicy:
+                // name the kind instead of listing them as unknown.
+                let message = format!("not a {POLICY_KIND} (kind: {kind})");
+                errors.push(file_error(file, number, "kind", message));
+                continue;
+            }
+            None if value.get("apiVersion").is_none() => {
+                // An Envoy bootstrap, a values file, …: not a policy at all.
+                let message =
+                    format!("not a {POLICY_KIND} (the document has no apiVersion and no kind)");
+                errors.push(file_error(file, number, "kind", message));
+                continue;
+            }
+            _ => {}
         }
         match parse_document(value) {
             Ok((id, spec)) => match CompiledPolicy::compile(id, &spec) {
@@ -220,8 +244,8 @@ fn parse_document(
     if document.api_version != API_VERSION {
         return Err(("apiVersion".into(), format!("must be {API_VERSION:?}")));
     }
-    if document.kind != "TokenPolicy" {
-        return Err(("kind".into(), "must be \"TokenPolicy\"".into()));
+    if document.kind != POLICY_KIND {
+        return Err(("kind".into(), format!("must be {POLICY_KIND:?}")));
     }
     let name = document
         .metadata
@@ -237,17 +261,22 @@ fn parse_document(
 
 /// Rejects duplicate names and hosts claimed twice, by the rules of a
 /// cluster (the same pattern, or a more specific host under another
-/// namespace's wildcard): in files both are mistakes of one author.
+/// namespace's wildcard): the paths of one call form one policy set, so
+/// both are mistakes of one author. Each message names the other file too.
 fn check_unique_and_disjoint(loaded: &[LoadedPolicy], errors: &mut Vec<FileError>) {
-    let mut ids = HashSet::new();
+    let mut first_of: HashMap<&PolicyId, &LoadedPolicy> = HashMap::new();
     for p in loaded {
-        if !ids.insert(&p.policy.id) {
-            errors.push(file_error(
-                &p.file,
-                p.document,
-                "metadata.name",
-                format!("policy {} is defined more than once", p.policy.id),
-            ));
+        if let Some(first) = first_of.get(&p.policy.id) {
+            let message = format!(
+                "policy {} is defined more than once (also in {}:{}; the paths given \
+                 together form one policy set)",
+                p.policy.id,
+                first.file.display(),
+                first.document
+            );
+            errors.push(file_error(&p.file, p.document, "metadata.name", message));
+        } else {
+            first_of.insert(&p.policy.id, p);
         }
     }
     let candidates = loaded
@@ -255,10 +284,24 @@ fn check_unique_and_disjoint(loaded: &[LoadedPolicy], errors: &mut Vec<FileError
         .map(|p| Candidate::new(p.policy.id.clone(), Ok(p.policy.clone())))
         .collect();
     for ((_, state), p) in PolicySnapshot::states_of(candidates).iter().zip(loaded) {
-        if let Some(message) = state.conflict_message() {
-            let message = format!("policy {}: {message}", p.policy.id);
-            errors.push(file_error(&p.file, p.document, "spec.hosts", message));
+        let PolicyState::HostConflict { winner, .. } = state else {
+            continue;
+        };
+        if *winner == p.policy.id {
+            continue; // a second definition of one policy: reported above
         }
+        let Some(message) = state.conflict_message() else {
+            continue;
+        };
+        let owner = first_of
+            .get(winner)
+            .map(|w| format!(" in {}:{}", w.file.display(), w.document))
+            .unwrap_or_default();
+        let message = format!(
+            "policy {}: {message}{owner} (the paths given together form one policy set)",
+            p.policy.id
+        );
+        errors.push(file_error(&p.file, p.document, "spec.hosts", message));
     }
 }
 
@@ -276,28 +319,74 @@ pub(crate) fn file_error(
     }
 }
 
-/// Loads `paths` and publishes them into `handle`.
+/// Loads `paths` and publishes them into `handle`. At start an empty set
+/// is published (every Check then answers `unknown_host`) with a warning.
 pub fn load_and_publish(
     paths: &[PathBuf],
     registry: &JwksRegistry,
     handle: &SnapshotHandle,
 ) -> Result<usize, Vec<FileError>> {
     let loaded = load(paths)?;
+    if loaded.is_empty() {
+        tracing::warn!(
+            paths = %display_paths(paths),
+            "no TokenPolicy in the policy files: every Check is denied (unknown_host) until one is added"
+        );
+    }
+    let count = loaded.len();
+    publish(loaded, registry, handle);
+    Ok(count)
+}
+
+fn publish(loaded: Vec<LoadedPolicy>, registry: &JwksRegistry, handle: &SnapshotHandle) {
     for warning in loaded.iter().flat_map(LoadedPolicy::warnings) {
         tracing::warn!(%warning, "policy warning");
     }
-    let count = loaded.len();
     let candidates = loaded
         .into_iter()
         .map(|l| Candidate::new(l.policy.id.clone(), Ok(l.policy)))
         .collect();
     handle.publish_and_trim(PolicySnapshot::build(candidates, registry));
+}
+
+/// `paths`, comma-separated, for messages.
+pub fn display_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One reload of the watched files: the new set is published, unless it
+/// does not load or it would replace policies with none. A file caught
+/// half-written reads as empty or unparseable; an empty set is far more
+/// often that than a wish to deny every request, so it keeps the last good
+/// set too (restart scopegate to start with no policy).
+fn reload(
+    paths: &[PathBuf],
+    registry: &JwksRegistry,
+    handle: &SnapshotHandle,
+) -> Result<usize, Vec<String>> {
+    let loaded =
+        load(paths).map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let serving = handle.load().len();
+    if loaded.is_empty() && serving > 0 {
+        return Err(vec![format!(
+            "{}: no TokenPolicy left (a file emptied or caught half-written?); keeping the {serving} \
+             last good policies (restart scopegate to serve none)",
+            display_paths(paths)
+        )]);
+    }
+    let count = loaded.len();
+    publish(loaded, registry, handle);
     Ok(count)
 }
 
 /// Watches `paths` and republishes on every change, after a short debounce.
-/// An invalid change is logged and the previous snapshot keeps serving.
-/// The returned watcher must be kept alive.
+/// An invalid change, or one that leaves no policy, is logged and counted
+/// as a failed reload, and the previous snapshot keeps serving. The
+/// returned watcher must be kept alive.
 pub fn watch(
     paths: Vec<PathBuf>,
     registry: JwksRegistry,
@@ -327,7 +416,7 @@ pub fn watch(
             // Debounce: let a burst of writes settle, then reload once.
             tokio::time::sleep(Duration::from_millis(200)).await;
             while rx.try_recv().is_ok() {}
-            match load_and_publish(&paths, &registry, &handle) {
+            match reload(&paths, &registry, &handle) {
                 Ok(count) => {
                     handle.record_reload(Vec::new());
                     tracing::info!(policies = count, "reloaded policy files");
@@ -336,7 +425,7 @@ pub fn watch(
                     for error in &errors {
                         tracing::error!(%error, "invalid policy file; keeping the last good policies");
                     }
-                    handle.record_reload(errors.iter().map(ToString::to_string).collect());
+                    handle.record_reload(errors);
                 }
             }
         }

@@ -36,7 +36,9 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
     printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.hosts"),
-    printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuer.url"),
+    // `..url`: `issuer.url`, or the first of `issuers[*].url` (a column
+    // shows one value; the spec has no other `url`).
+    printcolumn(name = "Issuer", type_ = "string", json_path = ".spec..url"),
     printcolumn(name = "Keys", type_ = "integer", json_path = ".status.jwks.keys"),
     printcolumn(
         name = "Last Fetch",

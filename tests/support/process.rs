@@ -20,6 +20,50 @@ pub fn scopegate_bin() -> &'static str {
     option_env!("CARGO_BIN_EXE_scopegate").expect("only integration tests run the binary")
 }
 
+/// Runs the scopegate binary with `args` (none of the policy or address
+/// variables of the environment) and collects its output.
+pub fn run<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> std::process::Output {
+    Command::new(scopegate_bin())
+        .args(args)
+        .env_remove("SCOPEGATE_POLICIES")
+        .env_remove("SCOPEGATE_ADDR")
+        .output()
+        .unwrap()
+}
+
+/// Runs the binary with `args` (see [`run`]), asserts its exit code, and
+/// returns its stdout after asserting that it contains each of `expected`.
+pub fn run_expecting<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+    code: i32,
+    expected: &[&str],
+) -> String {
+    let out = run(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{stdout}{stderr}");
+    for text in expected {
+        assert!(stdout.contains(text), "{text:?} not in:\n{stdout}");
+    }
+    stdout
+}
+
+/// Writes `contents` to `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// A directory with `examples/policies/dev.yaml` and `tests` as
+/// `dev.test.yaml` (a `TokenPolicyTest` for it).
+pub fn dev_policy_with_tests(tests: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("examples/policies/dev.yaml", dir.path().join("dev.yaml")).unwrap();
+    write(dir.path(), "dev.test.yaml", tests);
+    dir
+}
+
 /// A running `scopegate serve` child process.
 pub struct ScopegateProcess {
     child: Child,
@@ -164,6 +208,26 @@ impl ScopegateProcess {
             .text()
             .await
             .unwrap()
+    }
+
+    /// The values of every `/metrics` series of `metric` whose labels
+    /// include all of `labels`, parsed as Prometheus text.
+    pub async fn series(&self, metric: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+        let text = self.metrics_text().await;
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_string())))
+            .expect("Prometheus text format");
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .filter_map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+            .collect()
     }
 
     /// JWKS fetch attempts so far, over all sources (from `/readyz`).

@@ -69,6 +69,22 @@ shared by NOTES.txt and the optional provider ConfigMap. */}}
     statusOnError: "503"
 {{- end }}
 
+{{/* The Istio extension provider for MCP servers: the same service, with a
+bounded request body in the Check for `mcp:` rules (docs/mcp.md). */}}
+{{- define "scopegate.istioMcpProvider" -}}
+- name: {{ .Values.istio.providerName }}-mcp
+  envoyExtAuthzGrpc:
+    service: {{ include "scopegate.serviceFQDN" . }}
+    port: {{ .Values.service.grpcPort }}
+    timeout: {{ .Values.istio.timeout }}
+    failOpen: false
+    statusOnError: "503"
+    includeRequestBodyInCheck:
+      maxRequestBytes: 65536
+      allowPartialMessage: false
+      packAsBytes: true
+{{- end }}
+
 {{/* The TokenPolicy access rules, shared by the ClusterRole and the per-namespace Roles. */}}
 {{- define "scopegate.tokenPolicyRules" -}}
 - apiGroups: ["scopegate.dev"]
