@@ -209,11 +209,34 @@ async fn forward_events(
             },
             _ = stopped.wait_for(|s| *s) => return,
         };
-        if events.send(item).is_err() {
+        if events.send(slim(item)).is_err() {
             return;
         }
     }
 }
+
+/// The event without what the index never reads: managed fields and
+/// annotations (`kubectl apply` keeps a whole copy of the object in one)
+/// are most of an object's size, and a relist holds every object at once.
+fn slim((scope, event): ScopedEvent) -> ScopedEvent {
+    let strip = |mut policy: TokenPolicy| {
+        policy.metadata.managed_fields = None;
+        policy.metadata.annotations = None;
+        policy.metadata.labels = None;
+        policy
+    };
+    let event = event.map(|event| match event {
+        Event::Apply(policy) => Event::Apply(strip(policy)),
+        Event::InitApply(policy) => Event::InitApply(strip(policy)),
+        Event::Delete(policy) => Event::Delete(strip(policy)),
+        other => other,
+    });
+    (scope, event)
+}
+
+/// Events in one batch past which the indexer hands freed heap back to
+/// the OS (a relist, a large backlog).
+const TRIM_AFTER: usize = 256;
 
 /// Most events one publish takes in (a backlog is published in steps of
 /// this size, so a Check sees progress during a long relist).
@@ -263,6 +286,9 @@ impl Indexer {
                     tracing::info!(policies, "TokenPolicy snapshot published");
                 }
                 published_once = true;
+            }
+            if taken >= TRIM_AFTER {
+                crate::policy::return_freed_memory();
             }
             if !changes.is_empty() && self.status_changes.send(changes).is_err() {
                 tracing::debug!("status writer stopped");

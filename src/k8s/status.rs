@@ -41,6 +41,9 @@ const FIRST_FETCH_WAIT: Duration = Duration::from_secs(10);
 /// nothing else changed: every refresh would rewrite every policy.
 const FETCH_TIME_REFRESH: Duration = Duration::from_secs(3600);
 
+/// Writes in one pass past which the writer hands freed heap back to the OS.
+const TRIM_AFTER_WRITES: usize = 256;
+
 /// Status writes in flight at once.
 const WRITE_CONCURRENCY: usize = 8;
 
@@ -426,6 +429,7 @@ impl StatusWriter {
                 .filter_map(std::future::ready)
                 .collect()
                 .await;
+        let many = results.len() >= TRIM_AFTER_WRITES;
         for (key, status, resource_version) in results {
             state.written.insert(
                 key,
@@ -435,6 +439,10 @@ impl StatusWriter {
                     at: Instant::now(),
                 },
             );
+        }
+        if many {
+            // Each write parsed a whole object back: return that heap.
+            crate::policy::return_freed_memory();
         }
     }
 
@@ -471,6 +479,14 @@ impl WriterState {
         for change in changes {
             match change {
                 StatusChange::Set(key, input) => {
+                    // A write the watch has echoed needs no remembering.
+                    if self
+                        .written
+                        .get(&key)
+                        .is_some_and(|w| input.observed.as_ref() == Some(&w.status))
+                    {
+                        self.written.remove(&key);
+                    }
                     let since = self.known.get(&key).map_or_else(Instant::now, |k| k.since);
                     self.unwatch(&key);
                     for (_, cache) in &input.issuers {

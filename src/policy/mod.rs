@@ -20,7 +20,7 @@ pub use compile::{
 pub use matching::{AmbiguousPath, HostPattern, PathPattern, RequestPath, normalize_host};
 pub use sharded::ShardedMap;
 pub use snapshot::{
-    Candidate, HostEntry, PolicyEntry, PolicySnapshot, PolicyState, ReloadReport, ReportedState,
+    Candidate, HostEntry, PolicyEntry, PolicySnapshot, return_freed_memory, PolicyState, ReloadReport, ReportedState,
     ServedIssuer, ServedPolicy, SnapshotHandle, Verification,
 };
 pub use spec::{

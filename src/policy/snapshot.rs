@@ -497,7 +497,7 @@ impl PolicyEntry {
 /// glibc would otherwise keep that peak resident for the life of the
 /// process (measured in docs/performance.md).
 #[allow(unsafe_code)]
-fn return_freed_memory() {
+pub fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free pages of malloc's own arenas.
     unsafe {
