@@ -820,6 +820,14 @@ impl Checked {
             .map(|h| h.value.clone())
     }
 
+    /// The stable reason label (the gRPC status message).
+    pub fn reason(&self) -> String {
+        self.0
+            .status
+            .as_ref()
+            .map_or_else(String::new, |s| s.message.clone())
+    }
+
     pub fn removed(&self) -> Vec<String> {
         self.ok().headers_to_remove.clone()
     }
