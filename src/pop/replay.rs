@@ -362,6 +362,35 @@ mod tests {
         assert_eq!(store.check_key(key, ttl), Freshness::Fresh);
     }
 
+    /// A proof verified with `replay_until` (the default window, ES256).
+    fn proof_until(replay_until: u64) -> VerifiedProof {
+        VerifiedProof {
+            jkt: "jkt".into(),
+            jti: "jti".into(),
+            iat: replay_until - 65,
+            htu: "https://e.com/".parse().unwrap(),
+            algorithm: crate::token::Algorithm::ES256,
+            replay_until,
+        }
+    }
+
+    #[test]
+    fn a_record_lives_through_the_proofs_last_accepted_millisecond() {
+        let until = 1_700_000_065;
+        let proof = proof_until(until);
+        let rejected_from = (until + 1) * 1000;
+        // First use at any millisecond the proof is accepted in.
+        for first_use in (until - 65) * 1000..rejected_from {
+            let ttl = u64::try_from(record_ttl(&proof, first_use).as_millis()).unwrap();
+            assert_eq!(first_use + ttl, rejected_from, "first use at {first_use}");
+        }
+        // Never less than a millisecond.
+        assert_eq!(
+            record_ttl(&proof, rejected_from + 5),
+            Duration::from_millis(1)
+        );
+    }
+
     #[test]
     fn in_memory_is_bounded_and_keeps_the_newest() {
         let store = InMemoryReplayStore::new(1_000);
