@@ -129,11 +129,11 @@ async fn hardening_underscore_spellings_of_claim_headers_never_reach_the_upstrea
         let seen: Value = response.json().await.unwrap();
         assert_eq!(seen["x-user-id"], "auth0|user-1", "{seen}");
         for (name, _) in spoofed {
-            assert!(
-                seen.get(name).is_none(),
-                "{name} reached the upstream: {seen}"
-            );
+            assert!(seen.get(name).is_none(), "{name} reached the upstream");
         }
-        assert!(seen.get("x-user-email").is_none(), "{seen}");
+        assert!(
+            seen.get("x-user-email").is_none(),
+            "x-user-email reached the upstream"
+        );
     }
 }
