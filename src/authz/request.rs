@@ -247,3 +247,70 @@ fn lowercase(name: &str) -> Cow<'_, str> {
         Cow::Borrowed(name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn carries(path: &str) -> bool {
+        let headers = HashMap::new();
+        let attributes = HttpAttributes {
+            host: "api.example.com",
+            method: "GET",
+            path,
+            authorization: RequestHeader::Absent,
+            proof: ProofRequest {
+                scheme: "https",
+                authority: "api.example.com",
+                method: "GET",
+                path,
+                proof: RequestHeader::Absent,
+                public_origin: None,
+                certificate: "",
+            },
+            headers: &headers,
+            mcp: McpSource {
+                body: McpBody {
+                    bytes: b"",
+                    partial: false,
+                    declared_length: None,
+                },
+                metadata: None,
+            },
+        };
+        attributes.carries_query_token()
+    }
+
+    #[test]
+    fn an_access_token_parameter_is_found_in_every_spelling_a_server_reads() {
+        for path in [
+            "/?access_token=x",
+            "/a?b=1&access_token",
+            "/a?b=1;Access_Token=",
+            "/a?access%5ftoken=x",
+            "/a?access%2Etoken=x",
+            "/a?access+token=x",
+            "/a?access%20token=x",
+            "/a?access_token%5B%5D=x",
+            "/a?access_token[x]=1",
+        ] {
+            assert!(carries(path), "{path}");
+        }
+        for path in [
+            "/access_token",
+            "/a?",
+            "/a?access_tokens=1",
+            "/a?xaccess_token=1",
+            "/a?q=access_token",
+            "/a?access_toke%6=1",
+            "/a?b#access_token=1",
+        ] {
+            assert!(!carries(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding_keeps_invalid_escapes() {
+        assert_eq!(percent_decode("a%41+%zz%4"), b"aA %zz%4");
+    }
+}

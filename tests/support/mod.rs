@@ -832,6 +832,14 @@ impl Checked {
         self.ok().headers_to_remove.clone()
     }
 
+    /// [`Self::removed`] without the other spellings of each claim header
+    /// (`x_user_id` for `x-user-id`), which every allow removes too.
+    pub fn removed_as_named(&self) -> Vec<String> {
+        let mut removed = self.removed();
+        removed.retain(|name| !name.contains('_'));
+        removed
+    }
+
     pub fn www_authenticate(&self) -> String {
         self.header("www-authenticate")
             .expect("a WWW-Authenticate header")
