@@ -11,8 +11,10 @@ use serde_json::{Value, json};
 use support::*;
 
 /// A condition that a request header must be absent for: the shape a
-/// bypass through unread headers attacks.
-const NO_IMPERSONATION: &str = r#"  rules:
+/// bypass through unread headers attacks. With an MCP rule and RFC 9728
+/// metadata.
+const NO_IMPERSONATION: &str = r#"  resource: {id: "https://orders.example.com/api"}
+  rules:
     - paths: ["/orders/**"]
       requireScopes: ["read:orders"]
       when: ['!("x-impersonate" in request.headers)']
@@ -201,7 +203,11 @@ async fn hardening_an_access_token_query_parameter_is_refused_on_every_rule() {
         "access_token[]=x",
         "a=1;access_token=x",
     ] {
-        for path in ["/public/x", "/orders/1"] {
+        for path in [
+            "/public/x",
+            "/orders/1",
+            "/.well-known/oauth-protected-resource/api",
+        ] {
             let checked = sg
                 .check_token("GET", &format!("{path}?{query}"), &token)
                 .await;
@@ -210,6 +216,10 @@ async fn hardening_an_access_token_query_parameter_is_refused_on_every_rule() {
             assert_eq!(checked.body()["error"], "invalid_request");
         }
     }
+    let metadata = sg
+        .check("GET", "/.well-known/oauth-protected-resource/api?x=1", &[])
+        .await;
+    assert_eq!(metadata.reason(), "resource_metadata");
     for query in [
         "my_access_token=x",
         "q=access_token",

@@ -217,11 +217,13 @@ pub async fn decide(
     proofs: &ProofStage,
     request: &HttpAttributes<'_>,
 ) -> Decision {
-    if served
-        .policy
-        .resource
-        .as_ref()
-        .is_some_and(|r| r.matches_metadata_request(request.method, request.path))
+    // A URL with a token is refused (by `enforce`) even here.
+    if !request.carries_query_token()
+        && served
+            .policy
+            .resource
+            .as_ref()
+            .is_some_and(|r| r.matches_metadata_request(request.method, request.path))
     {
         return Decision::ResourceMetadata;
     }
