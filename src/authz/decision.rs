@@ -218,12 +218,12 @@ pub async fn decide(
     request: &HttpAttributes<'_>,
 ) -> Decision {
     // A URL with a token is refused (by `enforce`) even here.
-    if !request.carries_query_token()
-        && served
-            .policy
-            .resource
-            .as_ref()
-            .is_some_and(|r| r.matches_metadata_request(request.method, request.path))
+    if served
+        .policy
+        .resource
+        .as_ref()
+        .is_some_and(|r| r.matches_metadata_request(request.method, request.path))
+        && !request.carries_query_token()
     {
         return Decision::ResourceMetadata;
     }

@@ -107,7 +107,8 @@ pub enum RequestHeader<'a> {
     /// Not sent.
     Absent,
     /// One header (Envoy's `headers` map joins repeated headers with `,`,
-    /// which [`credentials`] also refuses for scopegate's schemes).
+    /// which the credentials stage also refuses for
+    /// scopegate's schemes).
     One(&'a str),
     /// Several headers, as sent in the raw `header_map`.
     Several,
