@@ -137,3 +137,56 @@ async fn hardening_underscore_spellings_of_claim_headers_never_reach_the_upstrea
         );
     }
 }
+
+/// Envoy's partial-body signals (`x-envoy-auth-partial-body`, Envoy's own,
+/// and `content-length`) are read in both encodings: a body cut where its
+/// prefix happens to be a whole JSON-RPC request is never read as the
+/// whole request.
+#[tokio::test]
+async fn finding_6_a_cut_mcp_body_is_refused_with_and_without_encode_raw_headers() {
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let rules = r#"  rules:
+    - mcp: {methods: ["tools/list"]}
+      paths: ["/mcp"]
+"#;
+    let policy = policy_yaml("mcp", &jwks.issuer(), &jwks.jwks_uri(), rules).replace(
+        &format!("[\"{HOST}\", \"*.orders.internal\"]"),
+        "[\"127.0.0.1\"]",
+    );
+    let sg = Scopegate::start(&policy).await;
+    let upstream = echo_upstream().await;
+    let token = KEY_A.sign(&claims(&jwks.issuer()));
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    // Cut by Envoy inside the trailing whitespace.
+    let body = format!("{call}{}", " ".repeat(200));
+    for raw in [false, true] {
+        let edit = move |config: &mut serde_yaml_ng::Value| {
+            let settings = ext_authz(config);
+            settings["encode_raw_headers"] = json_to_yaml(json!(raw));
+            settings["with_request_body"] = json_to_yaml(json!({
+                "max_request_bytes": call.len() + 10,
+                "allow_partial_message": true,
+                "pack_as_bytes": true,
+            }));
+        };
+        let (_envoy, port) = start_envoy_with(sg.running.grpc_addr().port(), upstream, edit).await;
+        let post = |body: String| {
+            reqwest::Client::new()
+                .post(format!("http://127.0.0.1:{port}/mcp"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+        };
+        let whole = post(call.to_string()).await.unwrap();
+        assert_eq!(whole.status(), 200, "encode_raw_headers: {raw}");
+        let cut = post(body.clone()).await.unwrap();
+        assert_eq!(cut.status(), 400, "encode_raw_headers: {raw}");
+        let answer: Value = cut.json().await.unwrap();
+        let description = answer["error_description"].as_str().unwrap();
+        assert!(
+            description.contains("only part of the request body"),
+            "{description}"
+        );
+    }
+}
