@@ -41,7 +41,7 @@ async fn valid_token_is_allowed_with_claim_headers_and_metadata() {
         Some("agent-client")
     );
     // No email claim: the header is removed so a client-sent copy cannot pass.
-    assert_eq!(checked.removed(), vec!["x-user-email"]);
+    assert_eq!(checked.removed_as_named(), vec!["x-user-email"]);
     assert_eq!(checked.metadata("policy").as_deref(), Some("test/orders"));
     assert_eq!(checked.metadata("rule").as_deref(), Some("rules[1]"));
     assert_eq!(checked.metadata("sub").as_deref(), Some("auth0|user-1"));
@@ -389,7 +389,7 @@ async fn anonymous_rule_needs_no_token_but_validates_one_if_sent() {
         .check("GET", "/healthz", &[("x-user-id", "spoofed")])
         .await;
     assert_eq!(checked.http_status(), 200);
-    let mut removed = checked.removed();
+    let mut removed = checked.removed_as_named();
     removed.sort();
     assert_eq!(
         removed,

@@ -106,6 +106,69 @@ async fn a_bound_token_with_its_proof_is_allowed_and_the_same_proof_replayed_is_
     assert_eq!(fresh.http_status(), 200);
 }
 
+/// Milliseconds since the Unix epoch.
+fn now_millis() -> u64 {
+    scopegate::token::unix_now_millis()
+}
+
+/// Sleeps until `at_millis` (milliseconds since the Unix epoch).
+async fn sleep_until_millis(at_millis: u64) {
+    let wait = at_millis.saturating_sub(now_millis());
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+}
+
+/// Finding 4 of issue 20: a proof used early in a second and replayed in
+/// its last accepted second (the next one) is refused, by the replica that
+/// saw it (`first`) or another one sharing its store (`second`). The old
+/// whole-second record expired a second after first use, a fraction of a
+/// second before the proof did. Refused whatever the timing: a replay that
+/// lands after the window is too old instead, and only a replay answered
+/// within the window must say `replayed`.
+async fn assert_replay_refused_in_the_last_second(
+    first: &Scopegate,
+    second: &Scopegate,
+    key: &EcKey,
+    token: &str,
+) {
+    // Start early in a second, so that the replay below comes in the next
+    // one, after the old record's expiry.
+    sleep_until_millis(now_millis() / 1000 * 1000 + 1000).await;
+    let start = now();
+    let (max_age, skew) = (
+        scopegate::pop::DEFAULT_MAX_AGE_SECONDS,
+        scopegate::pop::DEFAULT_CLOCK_SKEW_SECONDS,
+    );
+    // Accepted through the end of second start + 1.
+    let iat = start + 1 - max_age - skew;
+    let proof = key.dpop_proof("GET", HTU, &jti(), iat, Some(token));
+    let used = get_orders(first, "DPoP", token, Some(&proof)).await;
+    assert_eq!(used.http_status(), 200, "{:?}", used.0);
+    sleep_until_millis((start + 1) * 1000 + 600).await;
+    let replayed = get_orders(second, "DPoP", token, Some(&proof)).await;
+    let answered = now_millis();
+    assert_dpop_error(&replayed, "invalid_dpop_proof");
+    if answered < (start + 2) * 1000 {
+        assert_eq!(replayed.reason(), "replayed");
+    }
+}
+
+#[tokio::test]
+async fn finding_4_a_proof_replayed_in_its_last_accepted_second_is_refused_in_memory() {
+    let Setup { jwks, sg, key } = setup("").await;
+    let token = token(&jwks.issuer(), Some(&key));
+    assert_replay_refused_in_the_last_second(&sg, &sg, &key, &token).await;
+}
+
+#[tokio::test]
+async fn finding_4_a_proof_replayed_in_its_last_accepted_second_is_refused_across_redis() {
+    let redis = RedisServer::start().await;
+    let jwks = support::JwksServer::start(vec![KEY_A.jwk()]).await;
+    let (first, second) = replicas_sharing(&redis, &policy(&jwks, "")).await;
+    let key = EcKey::generate("dpop");
+    let token = token(&jwks.issuer(), Some(&key));
+    assert_replay_refused_in_the_last_second(&first, &second, &key, &token).await;
+}
+
 #[tokio::test]
 async fn a_bound_token_sent_as_bearer_or_without_a_proof_is_refused() {
     let Setup { jwks, sg, key } = setup("").await;
@@ -243,6 +306,18 @@ async fn an_optional_dpop_policy_challenges_bearer_then_dpop() {
     assert!(!dpop.contains("error="), "{challenge}");
 }
 
+/// Two scopegates serving `policy` whose replay store is `redis`.
+async fn replicas_sharing(redis: &RedisServer, policy: &str) -> (Scopegate, Scopegate) {
+    let url = redis.url();
+    let store = |config: &mut scopegate::config::ServeConfig| {
+        config.replay_store = scopegate::pop::ReplayStore::from_flag(Some(&url)).unwrap();
+    };
+    (
+        Scopegate::start_configured(policy, store).await,
+        Scopegate::start_configured(policy, store).await,
+    )
+}
+
 /// Two scopegates sharing one `redis-server`: a proof used on one is a
 /// replay on the other; Redis down is 503 (never allow); back up, it
 /// recovers.
@@ -250,15 +325,7 @@ async fn an_optional_dpop_policy_challenges_bearer_then_dpop() {
 async fn replicas_sharing_redis_refuse_a_proof_replayed_across_them() {
     let mut redis = RedisServer::start().await;
     let jwks = support::JwksServer::start(vec![KEY_A.jwk()]).await;
-    let policy = policy(&jwks, "");
-    let store = || {
-        let url = redis.url();
-        move |config: &mut scopegate::config::ServeConfig| {
-            config.replay_store = scopegate::pop::ReplayStore::from_flag(Some(&url)).unwrap();
-        }
-    };
-    let first = Scopegate::start_configured(&policy, store()).await;
-    let second = Scopegate::start_configured(&policy, store()).await;
+    let (first, second) = replicas_sharing(&redis, &policy(&jwks, "")).await;
     let key = EcKey::generate("dpop");
     let token = token(&jwks.issuer(), Some(&key));
 

@@ -46,6 +46,9 @@ spec:
       requireScopes: ["read orders"]
   claimHeaders:
     - {header: X-User, claim: sub}
+    - {header: x-user-id, claim: sub}
+    - {header: x_user_id, claim: azp}
+    - {header: x-a-b-c-d-e-f, claim: sub}
 "#;
     let typo = "apiVersion: scopegate.dev/v1alpha1\nkind: TokenPolicy\nmetadata: {name: typo}\nspec:\n  hosts: [a.example.com]\n  isuer: {}\n";
     let file = write(
@@ -65,6 +68,12 @@ spec:
         format!("{f}:2: spec.rules[0].paths[0]: \"**\" may only be the last segment"),
         format!("{f}:2: spec.rules[0].requireScopes[0]: must be one non-empty scope"),
         format!("{f}:2: spec.claimHeaders[0].header: \"X-User\" must be lowercase"),
+        format!(
+            "{f}:2: spec.claimHeaders[2].header: is set by an earlier entry (upstreams read `_` as `-`"
+        ),
+        format!(
+            "{f}:2: spec.claimHeaders[3].header: \"x-a-b-c-d-e-f\" has 6 '-' or '_'; at most 5"
+        ),
         format!("{f}:3: spec.isuer: unknown field `isuer`"),
     ] {
         assert!(

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use cel::Value;
 use cel::objects::{Key, Map};
 
-use super::decision::HttpAttributes;
+use super::request::HttpAttributes;
 use super::token_cache::PreparedToken;
 use crate::policy::conditions::{self, Bindings, ConditionFailure, Uses};
 use crate::policy::{CompiledRule, RequestPath};

@@ -6,27 +6,7 @@
 //! an anonymous rule. Other schemes (`Basic`, …) belong to the upstream and
 //! count as no token.
 
-/// A request header (here: `Authorization`) as the CheckRequest carries it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestHeader<'a> {
-    /// Not sent.
-    Absent,
-    /// One header (Envoy's `headers` map joins repeated headers with `,`,
-    /// which [`credentials`] also refuses for scopegate's schemes).
-    One(&'a str),
-    /// Several headers, as sent in the raw `header_map`.
-    Several,
-}
-
-impl<'a> RequestHeader<'a> {
-    /// The value of a header sent once.
-    pub fn single(self) -> Option<&'a str> {
-        match self {
-            RequestHeader::One(value) => Some(value),
-            RequestHeader::Absent | RequestHeader::Several => None,
-        }
-    }
-}
+use super::request::RequestHeader;
 
 /// What the request presents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

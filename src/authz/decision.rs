@@ -5,45 +5,14 @@ use crate::token::ReadClaims as _;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::credentials::{CredentialsError, RequestHeader, credentials};
-use super::proof::{ProofError, ProofRequest, ProofStage};
+use super::credentials::{CredentialsError, credentials};
+use super::proof::{ProofError, ProofStage};
+use super::request::HttpAttributes;
 use super::token_cache::{KeyBinding, PreparedToken, TokenCache};
 use crate::jwks::KeysUnavailable;
-use crate::mcp::McpBody;
 use crate::policy::conditions::ConditionFailure;
 use crate::policy::{AmbiguousPath, CompiledRule, DefaultAction, Mode, RequestPath, ServedPolicy};
 use crate::token::{TokenError, UnverifiedToken, unix_now};
-
-/// The parts of an HTTP request a decision reads.
-#[derive(Debug, Clone, Copy)]
-pub struct HttpAttributes<'a> {
-    /// The normalized host the policy was looked up by.
-    pub host: &'a str,
-    /// The HTTP method.
-    pub method: &'a str,
-    /// The `:path`, query included.
-    pub path: &'a str,
-    /// The `Authorization` header.
-    pub authorization: RequestHeader<'a>,
-    /// What a DPoP proof is checked against (scheme, `:authority`, the
-    /// `DPoP` header).
-    pub proof: ProofRequest<'a>,
-    /// The request headers (lower-case names), for conditions.
-    pub headers: &'a std::collections::HashMap<String, String>,
-    /// Where an `mcp:` rule reads the JSON-RPC call from.
-    pub mcp: McpSource<'a>,
-}
-
-/// The request body and Envoy's MCP filter metadata, as the Check carries
-/// them (read only when a rule with `mcp:` could match).
-#[derive(Debug, Clone, Copy)]
-pub struct McpSource<'a> {
-    /// The body (`with_request_body`), possibly empty.
-    pub body: McpBody<'a>,
-    /// The Check's `metadata_context`, where `envoy.filters.http.mcp` puts
-    /// what it parsed.
-    pub metadata: Option<&'a envoy_types::pb::envoy::config::core::v3::Metadata>,
-}
 
 /// The outcome of a Check.
 #[derive(Debug)]
@@ -209,6 +178,18 @@ impl Denial {
         self
     }
 
+    /// 400 `invalid_request`: an `access_token` query parameter (RFC 6750
+    /// §2.3), refused on every rule, anonymous ones too, so that no upstream
+    /// reads a credential scopegate never saw.
+    fn query_token() -> Self {
+        Denial::bad_request(
+            "query_token",
+            "send the access token in the Authorization header, not in the URL \
+             (access_token query parameter)"
+                .into(),
+        )
+    }
+
     /// 400 `invalid_request`: the request cannot be matched (an MCP body
     /// that is not one JSON-RPC request).
     fn bad_request(reason: &'static str, description: String) -> Self {
@@ -236,11 +217,13 @@ pub async fn decide(
     proofs: &ProofStage,
     request: &HttpAttributes<'_>,
 ) -> Decision {
+    // A URL with a token is refused (by `enforce`) even here.
     if served
         .policy
         .resource
         .as_ref()
         .is_some_and(|r| r.matches_metadata_request(request.method, request.path))
+        && !request.carries_query_token()
     {
         return Decision::ResourceMetadata;
     }
@@ -271,6 +254,9 @@ async fn enforce(
     request: &HttpAttributes<'_>,
 ) -> Result<Allowed, Rejection> {
     let policy = &served.policy;
+    if request.carries_query_token() {
+        return Err((Denial::query_token(), None));
+    }
     let ambiguous = |e: AmbiguousPath| (Denial::forbidden("ambiguous_path", e.to_string()), None);
     let path = RequestPath::parse(request.path).map_err(ambiguous)?;
     let rule = super::mcp_call::find_rule(&policy.rules, &path, request)

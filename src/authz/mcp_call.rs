@@ -3,7 +3,7 @@
 //! request. The body is the source of truth; Envoy's MCP filter metadata is
 //! used when no body was sent with the Check.
 
-use super::decision::HttpAttributes;
+use super::request::HttpAttributes;
 use crate::mcp::{DEFAULT_MAX_BODY_BYTES, McpBodyError, McpCall, McpMetadataError};
 use crate::policy::{CompiledRule, RequestPath};
 

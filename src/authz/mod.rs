@@ -21,6 +21,7 @@ mod credentials;
 mod decision;
 mod mcp_call;
 pub mod proof;
+mod request;
 pub mod response;
 pub mod token_cache;
 mod trace_context;
@@ -38,10 +39,9 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-pub use credentials::RequestHeader;
-pub use decision::McpSource;
-pub use decision::{Allowed, Decision, Denial, HttpAttributes, decide, verify};
-pub use proof::{ProofError, ProofRequest, ProofStage};
+pub use decision::{Allowed, Decision, Denial, decide, verify};
+pub use proof::{ProofError, ProofStage};
+pub use request::{HttpAttributes, McpSource, ProofRequest, RequestHeader};
 pub use token_cache::{PreparedToken, TokenCache, TokenCacheSettings};
 pub use trace_context::extract_parent;
 
@@ -50,6 +50,7 @@ use crate::metrics::{self, DecisionLabel};
 use crate::policy::{HostEntry, ServedPolicy, SnapshotHandle, normalize_host};
 use crate::pop::{InMemoryReplayStore, NonceIssuer, ReplayStore};
 use crate::token::{ReadClaims as _, unix_now};
+use request::RequestHeaders;
 
 /// The ext_authz service: answers Checks from the current policy snapshot.
 #[derive(Clone)]
@@ -154,11 +155,13 @@ impl CheckService {
                 return response::deny(&host, &denial, None);
             }
         };
+        let headers = RequestHeaders::of(http);
+        let header_values = headers.to_map();
         let attributes = HttpAttributes {
             host: &host,
             method: &http.method,
             path: &http.path,
-            authorization: authorization_header(http),
+            authorization: headers.get("authorization"),
             proof: ProofRequest {
                 scheme: if http.scheme.is_empty() {
                     "https"
@@ -168,14 +171,14 @@ impl CheckService {
                 authority: &http.host,
                 method: &http.method,
                 path: &http.path,
-                proof: request_header(http, "dpop"),
+                proof: headers.get("dpop"),
                 public_origin: served.policy.resource.as_ref().map(|r| r.origin()),
                 certificate: attributes
                     .source
                     .as_ref()
                     .map_or("", |source| &source.certificate),
             },
-            headers: &http.headers,
+            headers: &header_values,
             mcp: McpSource {
                 body: McpBody {
                     bytes: if http.raw_body.is_empty() {
@@ -183,13 +186,9 @@ impl CheckService {
                     } else {
                         &http.raw_body
                     },
-                    partial: http
-                        .headers
-                        .get("x-envoy-auth-partial-body")
-                        .is_some_and(|v| v == "true"),
-                    declared_length: http
-                        .headers
-                        .get("content-length")
+                    partial: headers.single("x-envoy-auth-partial-body") == Some("true"),
+                    declared_length: headers
+                        .single("content-length")
                         .and_then(|v| v.parse().ok()),
                 },
                 metadata: attributes.metadata_context.as_ref(),
@@ -390,40 +389,6 @@ impl Authorization for CheckService {
         Ok(tonic::Response::new(
             self.check_request(request.get_ref()).await,
         ))
-    }
-}
-
-/// The `authorization` header.
-fn authorization_header(http: &HttpRequest) -> RequestHeader<'_> {
-    request_header(http, "authorization")
-}
-
-/// A request header by its lowercase name, from the header map Envoy sends
-/// (lowercase keys, a repeated header comma-joined) or from `header_map`
-/// when Envoy sends raw headers (a repeated header as several entries). A
-/// raw value that is not UTF-8 counts as several: it is never a valid
-/// token or trace context, and never ignored.
-fn request_header<'a>(http: &'a HttpRequest, name: &str) -> RequestHeader<'a> {
-    if let Some(value) = http.headers.get(name) {
-        return RequestHeader::One(value);
-    }
-    let Some(raw) = http.header_map.as_ref() else {
-        return RequestHeader::Absent;
-    };
-    let mut values = raw
-        .headers
-        .iter()
-        .filter(|h| h.key.eq_ignore_ascii_case(name));
-    let Some(first) = values.next() else {
-        return RequestHeader::Absent;
-    };
-    if values.next().is_some() {
-        return RequestHeader::Several;
-    }
-    if first.raw_value.is_empty() {
-        RequestHeader::One(&first.value)
-    } else {
-        std::str::from_utf8(&first.raw_value).map_or(RequestHeader::Several, RequestHeader::One)
     }
 }
 

@@ -17,7 +17,8 @@
 
 use std::sync::Arc;
 
-use super::credentials::{Credentials, RequestHeader};
+use super::credentials::Credentials;
+use super::request::ProofRequest;
 use crate::policy::ProofOfPossession;
 use crate::pop::{
     DpopError, Freshness, MtlsError, NonceIssuer, NormalizedUri, ProofContext, ReplayError,
@@ -43,31 +44,7 @@ impl ProofStage {
     }
 }
 use super::token_cache::PreparedToken;
-use crate::token::ReadClaims as _;
-
-/// The parts of the request a proof is checked against.
-#[derive(Debug, Clone, Copy)]
-pub struct ProofRequest<'a> {
-    /// The request scheme (`http.scheme`; `https` when Envoy sends none).
-    pub scheme: &'a str,
-    /// The `:authority` as sent (not the policy lookup host).
-    pub authority: &'a str,
-    /// The HTTP method (`htm`).
-    pub method: &'a str,
-    /// The `:path`, query included (dropped for `htu`).
-    pub path: &'a str,
-    /// The `DPoP` request header.
-    pub proof: RequestHeader<'a>,
-    /// The public origin (`scheme://authority`) requests are addressed to,
-    /// when the policy's `resource.id` names one: with TLS terminated before
-    /// Envoy, the scheme and host Envoy sees are not what clients put in
-    /// `htu`.
-    pub public_origin: Option<&'a str>,
-    /// The client certificate of the TLS connection as Envoy forwards it
-    /// (`attributes.source.certificate`: URL-encoded PEM, empty when there
-    /// is none or the filter lacks `include_peer_certificate`).
-    pub certificate: &'a str,
-}
+use crate::token::{ReadClaims as _, unix_now_millis};
 
 /// Why the proof stage refuses a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -219,7 +196,7 @@ async fn check_dpop(
     let proof = verify_proof(request.proof, &context, now).map_err(ProofError::Proof)?;
     // Boxed: the Redis client's future is deep, and only DPoP requests
     // need it (keeps the Check future's layout within the compiler's limits).
-    let freshness = Box::pin(stage.replay.check(&proof, now)).await;
+    let freshness = Box::pin(stage.replay.check(&proof, unix_now_millis())).await;
     match freshness.map_err(ProofError::Store)? {
         Freshness::Fresh => Ok(()),
         Freshness::Replayed => Err(ProofError::Proof(DpopError::Replayed)),

@@ -28,8 +28,9 @@ mod code {
 }
 
 /// An `OkHttpResponse` that sets every claim header the token has and
-/// removes every other configured claim header, so that client-sent copies
-/// never reach the upstream. With `envoy_metadata`, `dynamic_metadata`
+/// removes every other configured claim header and every other spelling of
+/// each (`x_user_id` for `x-user-id`), so that client-sent copies never
+/// reach the upstream. With `envoy_metadata`, `dynamic_metadata`
 /// carries `policy`, `rule`, `sub`, `azp`, `scope` and `actor` (the `act`
 /// chain, outermost first) for Envoy access logs.
 pub fn allow(policy: &CompiledPolicy, allowed: &Allowed, envoy_metadata: bool) -> CheckResponse {
@@ -48,6 +49,8 @@ pub fn allow(policy: &CompiledPolicy, allowed: &Allowed, envoy_metadata: bool) -
             )),
             None => headers_to_remove.push(claim_header.header.to_string()),
         }
+        // `x_user_id` reaches some upstreams as `x-user-id`.
+        headers_to_remove.extend(claim_header.spellings.iter().map(|s| s.to_string()));
     }
     CheckResponse {
         status: Some(rpc::Status {

@@ -12,7 +12,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
-use super::request_header;
+use super::request::RequestHeaders;
 
 /// The remote parent named by the request's headers, if any is valid.
 pub fn extract_parent(http: &HttpRequest) -> Option<Context> {
@@ -32,10 +32,12 @@ struct Headers<'a>(&'a HttpRequest);
 
 impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        request_header(self.0, key).single()
+        RequestHeaders::of(self.0).single(key)
     }
 
     fn keys(&self) -> Vec<&str> {
+        // Only for propagators that read every header; the two used here
+        // ask for theirs by name.
         self.0.headers.keys().map(String::as_str).collect()
     }
 }

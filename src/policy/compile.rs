@@ -194,6 +194,43 @@ pub struct ClaimHeader {
     pub header: Box<str>,
     /// Claim name.
     pub claim: Box<str>,
+    /// The other spellings of `header` an upstream folds into it (`_` for
+    /// `-` and back: CGI, WSGI, PHP and Rack read `x_user_id` as
+    /// `x-user-id`), computed at load: client-sent copies in every one of
+    /// them are removed on every allow.
+    pub spellings: Box<[Box<str>]>,
+}
+
+/// The most `-` or `_` a claim header name may have: each doubles the
+/// spellings an upstream folds together, all removed on every allow.
+pub const MAX_CLAIM_HEADER_SEPARATORS: usize = 5;
+
+/// A header name as upstreams that fold `_` into `-` read it.
+fn fold_header_name(name: &str) -> String {
+    name.replace('_', "-")
+}
+
+/// Every spelling of `name` with each `-` or `_` replaced by either, except
+/// `name` itself.
+fn other_spellings(name: &str) -> Box<[Box<str>]> {
+    let separators: Vec<usize> = name
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| matches!(b, b'-' | b'_'))
+        .map(|(i, _)| i)
+        .collect();
+    let count = separators.len().min(MAX_CLAIM_HEADER_SEPARATORS);
+    (0..1u32 << count)
+        .map(|choice| {
+            let mut spelling = name.as_bytes().to_vec();
+            for (bit, &at) in separators.iter().take(count).enumerate() {
+                spelling[at] = if choice & (1 << bit) == 0 { b'-' } else { b'_' };
+            }
+            String::from_utf8(spelling).expect("only ASCII bytes were replaced")
+        })
+        .filter(|spelling| spelling != name)
+        .map(String::into_boxed_str)
+        .collect()
 }
 
 /// One thing wrong with a policy: where (`spec.rules[1].paths[0]`) and what.
@@ -263,8 +300,14 @@ impl CompiledPolicy {
             let field = format!("spec.claimHeaders[{i}]");
             if let Err(message) = check_header_name(&ch.header) {
                 errors.add(format!("{field}.header"), message);
-            } else if claim_headers.iter().any(|c| *c.header == *ch.header) {
-                errors.add(format!("{field}.header"), "is set by an earlier entry");
+            } else if claim_headers
+                .iter()
+                .any(|c| fold_header_name(&c.header) == fold_header_name(&ch.header))
+            {
+                errors.add(
+                    format!("{field}.header"),
+                    "is set by an earlier entry (upstreams read `_` as `-` in header names)",
+                );
             }
             if ch.claim.is_empty() {
                 errors.add(format!("{field}.claim"), "must not be empty");
@@ -274,6 +317,7 @@ impl CompiledPolicy {
             claim_headers.push(ClaimHeader {
                 header: ch.header.as_str().into(),
                 claim: ch.claim.as_str().into(),
+                spellings: other_spellings(&ch.header),
             });
         }
 
@@ -676,6 +720,13 @@ fn check_header_name(name: &str) -> Result<(), String> {
     let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if !name.bytes().all(token_char) {
         return Err(format!("{name:?} is not a valid HTTP header name"));
+    }
+    let separators = name.bytes().filter(|b| matches!(b, b'-' | b'_')).count();
+    if separators > MAX_CLAIM_HEADER_SEPARATORS {
+        return Err(format!(
+            "{name:?} has {separators} '-' or '_'; at most {MAX_CLAIM_HEADER_SEPARATORS} \
+             (upstreams read each as either, and every spelling is removed)"
+        ));
     }
     if is_reserved_header(name) {
         return Err(format!(

@@ -118,8 +118,19 @@ pub struct VerifiedProof {
     /// The proof's signature algorithm.
     pub algorithm: Algorithm,
     /// The last second at which this proof's `iat` is still accepted: its
-    /// `jti` must be remembered at least until then.
+    /// `jti` must be remembered at least until that second ends
+    /// ([`VerifiedProof::rejected_from_millis`]).
     pub replay_until: u64,
+}
+
+impl VerifiedProof {
+    /// The first instant, in milliseconds since the Unix epoch, at which the
+    /// proof is no longer accepted: the end of second `replay_until` (a
+    /// proof is accepted while the clock, in whole seconds, is at most
+    /// `replay_until`, that is through its last millisecond).
+    pub fn rejected_from_millis(&self) -> u64 {
+        self.replay_until.saturating_add(1).saturating_mul(1000)
+    }
 }
 
 /// Why a proof is refused. [`DpopError::error_code`] is the

@@ -36,6 +36,6 @@ pub use mtls::{MtlsError, certificate_thumbprint, verify_certificate_binding};
 pub use nonce::{NonceConfigError, NonceIssuer, NonceValidator};
 pub use replay::{
     Freshness, InMemoryReplayStore, REDIS_KEY_PREFIX, RedisReplayStore, ReplayConfigError,
-    ReplayError, ReplayKey, ReplayStore,
+    ReplayError, ReplayKey, ReplayStore, record_ttl,
 };
 pub use thumbprint::{ThumbprintError, jwk_thumbprint, sha256_base64url};

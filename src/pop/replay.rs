@@ -102,6 +102,20 @@ impl ReplayKey {
     }
 }
 
+/// How long, from `now_millis`, a proof's record must live: until
+/// [`VerifiedProof::rejected_from_millis`], to the millisecond (at least one
+/// millisecond). Both stores start the TTL when they write the record, after
+/// `now_millis` was read, so the record never ends before the proof's
+/// acceptance does.
+pub fn record_ttl(proof: &VerifiedProof, now_millis: u64) -> Duration {
+    Duration::from_millis(
+        proof
+            .rejected_from_millis()
+            .saturating_sub(now_millis)
+            .max(1),
+    )
+}
+
 /// Where proofs are remembered.
 #[derive(Clone)]
 pub enum ReplayStore {
@@ -126,12 +140,16 @@ impl ReplayStore {
         }
     }
 
-    /// Records `proof` (verified at `now`) and says whether it was new. The
-    /// record lasts until the proof leaves its `iat` window, at least a
-    /// second.
-    pub async fn check(&self, proof: &VerifiedProof, now: u64) -> Result<Freshness, ReplayError> {
-        let ttl = Duration::from_secs(proof.replay_until.saturating_sub(now).max(1));
-        self.check_key(ReplayKey::of(proof), ttl).await
+    /// Records `proof` at `now_millis` (milliseconds since the Unix epoch)
+    /// and says whether it was new. The record lasts [`record_ttl`]: through
+    /// the last millisecond at which the proof is accepted.
+    pub async fn check(
+        &self,
+        proof: &VerifiedProof,
+        now_millis: u64,
+    ) -> Result<Freshness, ReplayError> {
+        self.check_key(ReplayKey::of(proof), record_ttl(proof, now_millis))
+            .await
     }
 
     /// Records `key` for `ttl` unless it is already recorded.
@@ -342,6 +360,35 @@ mod tests {
         assert_eq!(store.check_key(other, ttl), Freshness::Fresh);
         std::thread::sleep(Duration::from_millis(400));
         assert_eq!(store.check_key(key, ttl), Freshness::Fresh);
+    }
+
+    /// A proof verified with `replay_until` (the default window, ES256).
+    fn proof_until(replay_until: u64) -> VerifiedProof {
+        VerifiedProof {
+            jkt: "jkt".into(),
+            jti: "jti".into(),
+            iat: replay_until - 65,
+            htu: "https://e.com/".parse().unwrap(),
+            algorithm: crate::token::Algorithm::ES256,
+            replay_until,
+        }
+    }
+
+    #[test]
+    fn a_record_lives_through_the_proofs_last_accepted_millisecond() {
+        let until = 1_700_000_065;
+        let proof = proof_until(until);
+        let rejected_from = (until + 1) * 1000;
+        // First use at any millisecond the proof is accepted in.
+        for first_use in (until - 65) * 1000..rejected_from {
+            let ttl = u64::try_from(record_ttl(&proof, first_use).as_millis()).unwrap();
+            assert_eq!(first_use + ttl, rejected_from, "first use at {first_use}");
+        }
+        // Never less than a millisecond.
+        assert_eq!(
+            record_ttl(&proof, rejected_from + 5),
+            Duration::from_millis(1)
+        );
     }
 
     #[test]

@@ -97,12 +97,14 @@ impl VerifiedToken {
     }
 
     /// The union of the scopes in `scope_claims`: a string claim is split on
-    /// spaces, an array claim contributes its string elements.
+    /// spaces only (RFC 6749 §3.3: `scope-token` is separated by `%x20`; a
+    /// tab or a form feed is part of a scope, never a separator), an array
+    /// claim contributes its string elements.
     pub fn scopes(&self, scope_claims: &[Box<str>]) -> Scopes<'_> {
         let mut scopes = Vec::new();
         for name in scope_claims {
             match self.claims.get(&**name) {
-                Some(Value::String(s)) => scopes.extend(s.split_ascii_whitespace()),
+                Some(Value::String(s)) => scopes.extend(s.split(' ').filter(|s| !s.is_empty())),
                 Some(Value::Array(items)) => scopes.extend(items.iter().filter_map(Value::as_str)),
                 _ => {}
             }
@@ -312,9 +314,10 @@ pub trait ReadClaims {
     /// A claim rendered as a header value, so that two different values of
     /// one JSON type never render the same header value (also when the
     /// upstream decodes RFC 8187):
-    /// - a string as it is, unless it has non-ASCII characters or could
-    ///   itself be read as an RFC 8187 ext-value (`UTF-8''jos%C3%A9`); then
-    ///   as an ext-value of its exact text;
+    /// - a string as it is, unless it has non-ASCII characters, leading or
+    ///   trailing spaces (which HTTP strips: `" alice"` would read as
+    ///   `alice`), or could itself be read as an RFC 8187 ext-value
+    ///   (`UTF-8''jos%C3%A9`); then as an ext-value of its exact text;
     /// - numbers and booleans in JSON form;
     /// - an array of single words (non-empty strings without whitespace that
     ///   are not ext-value look-alikes) space-separated, as an ext-value if
@@ -368,12 +371,21 @@ fn render_header_value(value: &Value) -> Option<Cow<'_, str>> {
     if rendered.chars().any(char::is_control) {
         return None;
     }
-    let value = if rendered.is_ascii() && !could_be_ext_value(&rendered) {
-        rendered
-    } else {
-        Cow::Owned(rfc8187_ext_value(&rendered))
-    };
+    let value =
+        if rendered.is_ascii() && !could_be_ext_value(&rendered) && !has_edge_space(&rendered) {
+            rendered
+        } else {
+            Cow::Owned(rfc8187_ext_value(&rendered))
+        };
     (value.len() <= MAX_HEADER_VALUE).then_some(value)
+}
+
+/// Whether HTTP would drop some of `value`: a field value's leading and
+/// trailing whitespace is optional whitespace that parsers strip (RFC 9110
+/// §5.5), so `" alice"` would reach the upstream as `alice`. (Tabs and other
+/// control characters are refused before this.)
+fn has_edge_space(value: &str) -> bool {
+    value.starts_with(' ') || value.ends_with(' ')
 }
 
 /// Heap bytes behind one JSON value.

@@ -41,6 +41,10 @@ pub enum TokenError {
     /// The header's `typ` is not one the issuer's `tokenTypes` accepts.
     #[error("token type (typ) is not accepted")]
     WrongTokenType,
+    /// Without `tokenTypes`: the header's `typ` names another kind of JWT
+    /// ([`NOT_ACCESS_TOKEN_TYPES`]).
+    #[error("token type (typ) {0} is not an access token; send an access token")]
+    NotAnAccessToken(&'static str),
     /// The header lists critical extensions (`crit`), none of which are understood.
     #[error("token has critical header extensions")]
     CriticalHeader,
@@ -86,6 +90,7 @@ impl TokenError {
             }
             TokenError::CriticalHeader => "critical_header",
             TokenError::WrongTokenType => "wrong_token_type",
+            TokenError::NotAnAccessToken(_) => "token_type",
             TokenError::UnknownKey | TokenError::AmbiguousKey => "unknown_key",
             TokenError::KeyAlgorithmMismatch => "key_algorithm_mismatch",
             TokenError::BadSignature => "bad_signature",
@@ -122,6 +127,40 @@ pub fn normalize_token_type(token_type: &str) -> Option<Box<str>> {
     let subtype = lower.strip_prefix("application/").unwrap_or(&lower);
     let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b);
     (!subtype.is_empty() && subtype.bytes().all(token_char)).then(|| subtype.into())
+}
+
+/// The `typ` values (normalized) of JWTs that are not access tokens, refused
+/// when an issuer lists no `tokenTypes` (with `tokenTypes`, only those
+/// listed pass): ID-JAG grants (`oauth-id-jag+jwt`), Transaction Tokens
+/// (`txntoken+jwt`), WIMSE workload identity tokens (`wimse-id+jwt`), DPoP
+/// proofs (`dpop+jwt`, RFC 9449), Security Event Tokens (`secevent+jwt`,
+/// RFC 8417) and logout tokens (`logout+jwt`, OpenID Back-Channel Logout).
+/// Each is signed by a key an issuer may also sign access tokens with, so
+/// without this list it could pass for one (RFC 8725 §3.11).
+pub const NOT_ACCESS_TOKEN_TYPES: [&str; 6] = [
+    "oauth-id-jag+jwt",
+    "txntoken+jwt",
+    "wimse-id+jwt",
+    "dpop+jwt",
+    "secevent+jwt",
+    "logout+jwt",
+];
+
+/// Checks a token's `typ` against the issuer's `tokenTypes` or, without
+/// them, against [`NOT_ACCESS_TOKEN_TYPES`].
+fn check_token_type(token_type: Option<&str>, rules: &IssuerRules) -> Result<(), TokenError> {
+    let normalized = token_type.and_then(normalize_token_type);
+    match &rules.token_types {
+        Some(accepted) if normalized.as_ref().is_some_and(|t| accepted.contains(t)) => Ok(()),
+        Some(_) => Err(TokenError::WrongTokenType),
+        None => match NOT_ACCESS_TOKEN_TYPES
+            .iter()
+            .find(|refused| normalized.as_deref() == Some(**refused))
+        {
+            Some(refused) => Err(TokenError::NotAnAccessToken(refused)),
+            None => Ok(()),
+        },
+    }
 }
 
 /// A decoded token whose signature has not been checked yet.
@@ -247,12 +286,7 @@ impl<'a> UnverifiedToken<'a> {
         if !rules.algorithms.contains(self.algorithm) {
             return Err(TokenError::AlgorithmNotAllowed(self.algorithm));
         }
-        if let Some(accepted) = &rules.token_types {
-            let token_type = self.token_type.as_deref().and_then(normalize_token_type);
-            if !token_type.is_some_and(|t| accepted.contains(&t)) {
-                return Err(TokenError::WrongTokenType);
-            }
-        }
+        check_token_type(self.token_type.as_deref(), rules)?;
         key.verify_sig(self.signing_input.as_bytes(), &self.signature)
             .map_err(|_| TokenError::BadSignature)?;
         VerifiedToken::validate(claims::parse_claims(&self.payload)?, rules, now)
@@ -299,6 +333,16 @@ pub fn unix_now() -> u64 {
         // A clock before 1970 is broken: every token then reads as expired
         // (fail closed), never as not expired.
         .map_or(u64::MAX, |d| d.as_secs())
+}
+
+/// Milliseconds since the Unix epoch (`u64::MAX` for a clock before 1970,
+/// as [`unix_now`]).
+pub fn unix_now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(u64::MAX, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 #[cfg(test)]

@@ -820,8 +820,24 @@ impl Checked {
             .map(|h| h.value.clone())
     }
 
+    /// The stable reason label (the gRPC status message).
+    pub fn reason(&self) -> String {
+        self.0
+            .status
+            .as_ref()
+            .map_or_else(String::new, |s| s.message.clone())
+    }
+
     pub fn removed(&self) -> Vec<String> {
         self.ok().headers_to_remove.clone()
+    }
+
+    /// [`Self::removed`] without the other spellings of each claim header
+    /// (`x_user_id` for `x-user-id`), which every allow removes too.
+    pub fn removed_as_named(&self) -> Vec<String> {
+        let mut removed = self.removed();
+        removed.retain(|name| !name.contains('_'));
+        removed
     }
 
     pub fn www_authenticate(&self) -> String {
