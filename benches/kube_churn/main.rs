@@ -300,11 +300,10 @@ async fn measure(
     let churn_seconds = churn_started.0.elapsed().as_secs_f64();
     let churn_cpu = procfs::cpu_seconds(pid)? - churn_started.1;
     let rss_after = procfs::rss_mib(pid)?;
+    // (Bounded: a scopegate that rewrites statuses forever must not hang
+    // the run; the count then ends here.)
     tally
-        .wait_quiet(
-            Args::secs(args.quiet_seconds),
-            Args::secs(args.startup_timeout),
-        )
+        .wait_quiet(Args::secs(args.quiet_seconds), Duration::from_secs(120))
         .await;
     let churn_writes = tally.writes_between(churn_started.0, Instant::now());
     drop(sg);

@@ -4,7 +4,7 @@
 //! nothing makes no event, and costs the API server little).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
@@ -20,6 +20,8 @@ struct Seen {
     last: HashMap<usize, Value>,
     /// Whether each policy's last status says `Ready=True`.
     ready: HashMap<usize, bool>,
+    /// How many of them do.
+    ready_count: usize,
     /// Every status write: when the watch saw it, and for which policy.
     writes: Vec<(Instant, usize)>,
     /// When every expected policy first had `Ready=True` at once.
@@ -39,25 +41,94 @@ pub struct Writes {
     pub policies_rewritten: usize,
 }
 
-/// A running watch that tallies status writes of `expected` policies.
-#[derive(Clone)]
+/// A running watch that tallies status writes of `expected` policies;
+/// dropped, the watch ends.
 pub struct StatusTally {
+    seen: Arc<Mutex<Seen>>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StatusTally {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+/// The watch task's side of a [`StatusTally`].
+struct Recorder {
     seen: Arc<Mutex<Seen>>,
     expected: usize,
 }
 
 impl StatusTally {
     /// Watches `api` from `resource_version` (taken after the policies were
-    /// created, so creations are not counted) until the runtime ends.
+    /// created, so creations are not counted).
     pub fn start(api: Api<DynamicObject>, resource_version: String, expected: usize) -> Self {
-        let tally = StatusTally {
-            seen: Arc::default(),
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let recorder = Recorder {
+            seen: seen.clone(),
             expected,
         };
-        tokio::spawn(tally.clone().watch(api, resource_version));
-        tally
+        let watch = tokio::spawn(recorder.watch(api, resource_version));
+        StatusTally { seen, watch }
     }
 
+    fn lock(&self) -> MutexGuard<'_, Seen> {
+        lock(&self.seen)
+    }
+
+    /// Waits until every policy has had `Ready=True` at once; returns when
+    /// that was first seen, or `None` after `timeout`.
+    pub async fn wait_all_ready(&self, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(at) = self.lock().all_ready_at {
+                return Some(at);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until no status was written for `quiet` (at most `timeout`).
+    /// Returns whether it got quiet.
+    pub async fn wait_quiet(&self, quiet: Duration, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = self.lock().writes.last().map(|(at, _)| *at);
+            if last.is_none_or(|at| at.elapsed() >= quiet) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The writes seen at or after `from` and before `to`.
+    pub fn writes_between(&self, from: Instant, to: Instant) -> Writes {
+        let seen = self.lock();
+        let mut per_policy: HashMap<usize, usize> = HashMap::new();
+        for (_, index) in seen.writes.iter().filter(|(at, _)| *at >= from && *at < to) {
+            *per_policy.entry(*index).or_default() += 1;
+        }
+        Writes {
+            total: per_policy.values().sum(),
+            max_per_policy: per_policy.values().copied().max().unwrap_or(0),
+            policies_rewritten: per_policy.values().filter(|n| **n > 1).count(),
+        }
+    }
+
+    /// How many times the watch lost events (0: every count is exact).
+    pub fn gaps(&self) -> u32 {
+        self.lock().gaps
+    }
+}
+
+impl Recorder {
     async fn watch(self, api: Api<DynamicObject>, mut version: String) {
         loop {
             match self.watch_once(&api, &mut version).await {
@@ -115,68 +186,24 @@ impl StatusTally {
         *previous = status;
         let ready = is_ready(&seen.last[&index]);
         seen.writes.push((now, index));
-        seen.ready.insert(index, ready);
-        if seen.all_ready_at.is_none()
-            && seen.ready.len() == self.expected
-            && seen.ready.values().all(|r| *r)
-        {
+        let was_ready = seen.ready.insert(index, ready) == Some(true);
+        match (was_ready, ready) {
+            (false, true) => seen.ready_count += 1,
+            (true, false) => seen.ready_count -= 1,
+            _ => {}
+        }
+        if seen.all_ready_at.is_none() && seen.ready_count == self.expected {
             seen.all_ready_at = Some(now);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
-        self.seen.lock().expect("the tally lock is never poisoned")
+    fn lock(&self) -> MutexGuard<'_, Seen> {
+        lock(&self.seen)
     }
+}
 
-    /// Waits until every policy has had `Ready=True` at once; returns when
-    /// that was first seen, or `None` after `timeout`.
-    pub async fn wait_all_ready(&self, timeout: Duration) -> Option<Instant> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(at) = self.lock().all_ready_at {
-                return Some(at);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits until no status was written for `quiet` (at most `timeout`).
-    /// Returns whether it got quiet.
-    pub async fn wait_quiet(&self, quiet: Duration, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last = self.lock().writes.last().map(|(at, _)| *at);
-            if last.is_none_or(|at| at.elapsed() >= quiet) {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The writes seen at or after `from` and before `to`.
-    pub fn writes_between(&self, from: Instant, to: Instant) -> Writes {
-        let seen = self.lock();
-        let mut per_policy: HashMap<usize, usize> = HashMap::new();
-        for (_, index) in seen.writes.iter().filter(|(at, _)| *at >= from && *at < to) {
-            *per_policy.entry(*index).or_default() += 1;
-        }
-        Writes {
-            total: per_policy.values().sum(),
-            max_per_policy: per_policy.values().copied().max().unwrap_or(0),
-            policies_rewritten: per_policy.values().filter(|n| **n > 1).count(),
-        }
-    }
-
-    /// How many times the watch lost events (0: every count is exact).
-    pub fn gaps(&self) -> u32 {
-        self.lock().gaps
-    }
+fn lock(seen: &Mutex<Seen>) -> MutexGuard<'_, Seen> {
+    seen.lock().expect("the tally lock is never poisoned")
 }
 
 /// Whether a status has `Ready=True`.
