@@ -41,6 +41,16 @@ for examples in examples/policies manifests/examples; do
   target/debug/scopegate test "$examples" 2>&1 | tee -a "$log"
 done
 
+# Kubernetes mode under policy churn (benches/kube_churn.sh; the numbers are
+# in docs/performance.md): a short smoke run of the benchmark, on the debug
+# build and the control plane above, in a namespace of its own. Its figures
+# are printed, never judged; it fails only if it cannot run or if no policy
+# edit is ever served (Kubernetes mode applying no change at all).
+KUBE_CHURN_PROFILE=debug KUBE_CHURN_KUBE_DIR="$SCOPEGATE_TEST_KUBE_DIR" \
+  KUBE_CHURN_POLICIES=1000 KUBE_CHURN_SECONDS=15 KUBE_CHURN_BASELINE_SECONDS=3 \
+  benches/kube_churn.sh 2>&1 | tee -a "$log"
+echo "kube churn smoke tests: 1 passed, 0 failed" | tee -a "$log"
+
 # The Helm chart: lint, render, schema and policy checks; then applied to a
 # real kube-apiserver of its own, with RBAC proven by its ServiceAccount.
 export SCOPEGATE_BIN="$PWD/target/debug/scopegate"
@@ -59,7 +69,7 @@ export SCOPEGATE_BIN="$PWD/target/debug/scopegate"
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" .ci/fuzz-smoke.sh 2>&1 | tee -a "$log"
 
 # One closing line over everything above (cargo's unit, integration and doc
-# tests, the chart and wiring tests, the fuzz smoke).
+# tests, the kube churn smoke, the chart and wiring tests, the fuzz smoke).
 awk '/^test result:/ { passed += $4; failed += $6 }
      /^[a-z ]+tests: [0-9]+ passed, [0-9]+ failed$/ { n = split($0, w, " "); passed += w[n-3]; failed += w[n-1] }
      END { printf "all tests: %d passed, %d failed\n", passed, failed }' "$log"

@@ -85,9 +85,20 @@ impl ScopegateProcess {
     /// in `log`; `configure` may add environment variables. Returns once the
     /// gRPC port accepts connections.
     pub async fn serve(args: &[&str], log: &Path, configure: impl FnOnce(&mut Command)) -> Self {
+        Self::serve_bin(Path::new(scopegate_bin()), args, log, configure).await
+    }
+
+    /// [`Self::serve`] with another scopegate binary (a benchmark measuring
+    /// a build of another checkout).
+    pub async fn serve_bin(
+        bin: &Path,
+        args: &[&str],
+        log: &Path,
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
         let grpc_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut command = Command::new(scopegate_bin());
+        let mut command = Command::new(bin);
         command
             .arg("serve")
             .args(args)
