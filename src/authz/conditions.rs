@@ -1,5 +1,6 @@
 //! The conditions stage of a Check: binds what a rule's `when` expressions
-//! read (only that: see [`Uses`]) and evaluates them.
+//! read (only that: see [`Uses`]) and evaluates them, inline when they are
+//! cheap and off the request workers when they are costly (DESIGN.md §8).
 
 use std::collections::HashMap;
 
@@ -8,12 +9,15 @@ use cel::objects::{Key, Map};
 
 use super::decision::HttpAttributes;
 use super::token_cache::PreparedToken;
-use crate::policy::conditions::{self, Bindings, ConditionFailure, Uses};
+use crate::policy::conditions::{self, Bindings, ConditionFailure, ConditionGate, Uses};
+use crate::policy::cost::{INLINE_COST, MAX_REQUEST_BYTES, MAX_REQUEST_ITEMS};
 use crate::policy::{CompiledRule, RequestPath};
 use crate::token::ReadClaims as _;
 
-/// Whether every condition of `rule` holds for this request and token.
-pub fn check(
+/// Whether every condition of `rule` holds for this request and token;
+/// `gate` is the policy's, where costly conditions wait their turn.
+pub async fn check(
+    gate: Option<&ConditionGate>,
     rule: &CompiledRule,
     path: &RequestPath<'_>,
     request: &HttpAttributes<'_>,
@@ -22,33 +26,73 @@ pub fn check(
     if rule.conditions.is_empty() {
         return Ok(());
     }
-    let uses = rule.condition_uses;
-    let bindings = Bindings {
-        claims: uses.claims.then(|| token.condition_claims().clone()),
-        request: uses
-            .request
-            .then(|| request_value(rule, path, request, uses)),
-        token: uses.token.then(|| token_value(token)),
-        actor: uses.actor.then(|| actor_value(token)),
-    };
-    conditions::evaluate(&rule.conditions, &bindings)
+    let bindings = bind(rule, path, request, token)?;
+    match gate {
+        Some(gate) if rule.condition_cost > INLINE_COST => {
+            // Boxed: the Check future stays small for the common path.
+            Box::pin(gate.evaluate(rule.conditions.clone(), bindings)).await
+        }
+        _ => conditions::evaluate(&rule.conditions, &bindings),
+    }
 }
 
-/// `request`: `method`, `host`, `path` (as the rules match it), `params`, and `headers`
-/// when a condition reads them.
+/// The variables the rule's conditions read.
+fn bind(
+    rule: &CompiledRule,
+    path: &RequestPath<'_>,
+    request: &HttpAttributes<'_>,
+    token: &PreparedToken,
+) -> Result<Bindings, ConditionFailure> {
+    let uses = rule.condition_uses;
+    Ok(Bindings {
+        claims: uses.claims.then(|| token.condition_claims().clone()),
+        request: match uses.request {
+            true => Some(request_value(rule, path, request, uses)?),
+            false => None,
+        },
+        token: uses.token.then(|| token_value(token)),
+        actor: uses.actor.then(|| actor_value(token)),
+    })
+}
+
+/// `request`: `method` (upper-case, as rules compare it), `host`, `path` (as
+/// the rules match it), `params`, and `headers` when a condition reads them.
+/// A request larger than conditions are costed for ([`MAX_REQUEST_BYTES`],
+/// [`MAX_REQUEST_ITEMS`]) is not evaluated: never an allow.
 fn request_value(
     rule: &CompiledRule,
     path: &RequestPath<'_>,
     request: &HttpAttributes<'_>,
     uses: Uses,
-) -> Value {
-    let params: HashMap<Key, Value> = rule
-        .captures(path)
+) -> Result<Value, ConditionFailure> {
+    let captures = rule.captures(path);
+    let method = request.method.to_ascii_uppercase();
+    let mut items = captures.len();
+    let mut bytes = method.len() + request.host.len() + path.normalized().len();
+    bytes += captures.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
+    if uses.headers {
+        items += request.headers.len();
+        bytes += request
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>();
+    }
+    if items as u64 > MAX_REQUEST_ITEMS || bytes as u64 > MAX_REQUEST_BYTES {
+        return Err(ConditionFailure::Error {
+            index: 0,
+            message: format!(
+                "the request is larger than conditions evaluate ({MAX_REQUEST_ITEMS} headers and captures, {} KiB)",
+                MAX_REQUEST_BYTES / 1024
+            ),
+        });
+    }
+    let params: HashMap<Key, Value> = captures
         .into_iter()
         .map(|(name, value)| (Key::from(name), Value::from(value)))
         .collect();
     let mut fields: HashMap<Key, Value> = HashMap::from([
-        (Key::from("method"), Value::from(request.method)),
+        (Key::from("method"), Value::from(method)),
         (Key::from("host"), Value::from(request.host)),
         (Key::from("path"), Value::from(path.normalized())),
         (Key::from("params"), Value::Map(Map::from(params))),
@@ -61,7 +105,7 @@ fn request_value(
             .collect();
         fields.insert(Key::from("headers"), Value::Map(Map::from(headers)));
     }
-    Value::Map(Map::from(fields))
+    Ok(Value::Map(Map::from(fields)))
 }
 
 /// `token`: `scopes` (a list) and `client` (`azp`, else `client_id`; null

@@ -5,6 +5,7 @@
 
 mod compile;
 pub mod conditions;
+pub mod cost;
 pub mod files;
 mod matching;
 mod snapshot;

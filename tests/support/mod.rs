@@ -274,6 +274,27 @@ pub fn claims(issuer: &str) -> Value {
     })
 }
 
+/// `claims` with a claim `list` of as many `0`s as fit: signed by `key`, the
+/// token is as long as scopegate accepts ([`scopegate::token::MAX_TOKEN_BYTES`]),
+/// the largest input a condition can iterate over.
+pub fn largest_token(key: &RsaKey, claims: &Value, list: &str) -> String {
+    let sign = |count: usize| {
+        let mut claims = claims.clone();
+        claims[list] = Value::Array(vec![json!(0); count]);
+        key.sign(&claims)
+    };
+    // Each element adds two bytes of JSON (`0,`): 8/3 of base64url.
+    let (mut fits, mut over) = (0, scopegate::token::MAX_TOKEN_BYTES);
+    while over - fits > 1 {
+        let mid = (fits + over) / 2;
+        match sign(mid).len() <= scopegate::token::MAX_TOKEN_BYTES {
+            true => fits = mid,
+            false => over = mid,
+        }
+    }
+    sign(fits)
+}
+
 /// What the JWKS server answers.
 #[derive(Clone)]
 pub enum JwksReply {
