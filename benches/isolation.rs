@@ -67,7 +67,7 @@ fn main() {
         let sg = ScopegateProcess::serve_policy(dir.path(), &policies(&jwks, &condition), &[], |_| {})
             .await;
         sg.wait_for_jwks_attempts_above(0).await;
-        let big = largest_token(&KEY_A, &claims(&jwks.issuer()), "list");
+        let big = largest_condition_token(&KEY_A, &claims(&jwks.issuer()), "list");
         let a_answer = sg.send(costly_request(&big)).await;
         assert_eq!(a_answer.http_status(), 200, "tenant A's costly condition holds");
         let b_token = KEY_A.sign(&claims(&jwks.issuer()));

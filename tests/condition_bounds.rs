@@ -60,34 +60,34 @@ fn check(method: &str, path: &str, token: &str) -> envoy_types::pb::envoy::servi
 fn finding_2_validate_refuses_a_condition_over_the_cost_budget_naming_estimate_and_budget() {
     let dir = tempfile::tempdir().unwrap();
     let out = validate(dir.path(), &nested_alls());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
-        stderr.contains("spec.rules[0].when[0]") && stderr.contains("estimated cost "),
-        "{stderr}"
+        stdout.contains("spec.rules[0].when[0]") && stdout.contains("estimated cost "),
+        "{stdout}"
     );
     assert!(
-        stderr.contains("exceeds the budget of "),
-        "{stderr}"
+        stdout.contains("exceeds the budget of "),
+        "{stdout}"
     );
     // One comprehension over the largest claims list is within the budget.
     let out = validate(dir.path(), "claims.groups.exists(g, g == \"admins\")");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
 fn finding_3_validate_refuses_a_condition_nested_too_deep_to_evaluate_safely() {
     let dir = tempfile::tempdir().unwrap();
     let out = validate(dir.path(), &long_sum());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("spec.rules[0].when[0]"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("spec.rules[0].when[0]"), "{stdout}");
     // 1,500 terms are 5,999 bytes: over the CRD's 2,048 as well.
-    assert!(stderr.contains("at most 2048"), "{stderr}");
+    assert!(stdout.contains("at most 2048"), "{stdout}");
     let deep = format!("{} > 0", vec!["1"; 500].join("+"));
     let out = validate(dir.path(), &deep);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("nests more than 32 levels"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("nests more than 32 levels"), "{stdout}");
 }
 
 /// Starts the real binary on the standard policy, then rewrites the file
@@ -143,4 +143,25 @@ async fn finding_7_conditions_see_the_method_upper_case_as_rules_compare_it() {
         assert_eq!(denied.http_status(), 403, "{method}");
         assert_eq!(denied.0.status.as_ref().unwrap().message, "condition", "{method}");
     }
+}
+
+/// The cost bound holds only for inputs within the sizes it assumes: a
+/// token whose claims are larger than conditions evaluate on is denied on a
+/// rule with conditions, never evaluated (and never allowed).
+#[tokio::test]
+async fn claims_larger_than_conditions_evaluate_are_denied_unevaluated() {
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = "  rules:\n    - paths: [\"/orders/**\"]\n      when: ['claims.list.all(x, x == 0)']\n";
+    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), rules);
+    let sg = ScopegateProcess::serve_policy(dir.path(), &policy, &[], |_| {}).await;
+    sg.wait_for_jwks_attempts_above(0).await;
+    let largest = largest_condition_token(&KEY_A, &claims(&jwks.issuer()), "list");
+    assert_eq!(sg.send(check("GET", "/orders/1", &largest)).await.http_status(), 200);
+    let mut larger = claims(&jwks.issuer());
+    larger["list"] = serde_json::json!(vec![0; 300]);
+    let denied = sg.send(check("GET", "/orders/1", &KEY_A.sign(&larger))).await;
+    assert_eq!(denied.http_status(), 403);
+    assert_eq!(denied.0.status.as_ref().unwrap().message, "condition_error");
+    assert!(denied.body()["error_description"].as_str().unwrap().contains("larger than conditions evaluate"));
 }

@@ -10,7 +10,7 @@ use cel::objects::{Key, Map};
 use super::decision::HttpAttributes;
 use super::token_cache::PreparedToken;
 use crate::policy::conditions::{self, Bindings, ConditionFailure, ConditionGate, Uses};
-use crate::policy::cost::{INLINE_COST, MAX_REQUEST_BYTES, MAX_REQUEST_ITEMS};
+use crate::policy::cost::INLINE_COST;
 use crate::policy::{CompiledRule, RequestPath};
 use crate::token::ReadClaims as _;
 
@@ -26,7 +26,7 @@ pub async fn check(
     if rule.conditions.is_empty() {
         return Ok(());
     }
-    let bindings = bind(rule, path, request, token)?;
+    let bindings = bind(rule, path, request, token);
     match gate {
         Some(gate) if rule.condition_cost > INLINE_COST => {
             // Boxed: the Check future stays small for the common path.
@@ -42,57 +42,36 @@ fn bind(
     path: &RequestPath<'_>,
     request: &HttpAttributes<'_>,
     token: &PreparedToken,
-) -> Result<Bindings, ConditionFailure> {
+) -> Bindings {
     let uses = rule.condition_uses;
-    Ok(Bindings {
+    Bindings {
         claims: uses.claims.then(|| token.condition_claims().clone()),
-        request: match uses.request {
-            true => Some(request_value(rule, path, request, uses)?),
-            false => None,
-        },
+        request: uses
+            .request
+            .then(|| request_value(rule, path, request, uses)),
         token: uses.token.then(|| token_value(token)),
         actor: uses.actor.then(|| actor_value(token)),
-    })
+    }
 }
 
 /// `request`: `method` (upper-case, as rules compare it), `host`, `path` (as
 /// the rules match it), `params`, and `headers` when a condition reads them.
-/// A request larger than conditions are costed for ([`MAX_REQUEST_BYTES`],
-/// [`MAX_REQUEST_ITEMS`]) is not evaluated: never an allow.
 fn request_value(
     rule: &CompiledRule,
     path: &RequestPath<'_>,
     request: &HttpAttributes<'_>,
     uses: Uses,
-) -> Result<Value, ConditionFailure> {
+) -> Value {
     let captures = rule.captures(path);
-    let method = request.method.to_ascii_uppercase();
-    let mut items = captures.len();
-    let mut bytes = method.len() + request.host.len() + path.normalized().len();
-    bytes += captures.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
-    if uses.headers {
-        items += request.headers.len();
-        bytes += request
-            .headers
-            .iter()
-            .map(|(n, v)| n.len() + v.len())
-            .sum::<usize>();
-    }
-    if items as u64 > MAX_REQUEST_ITEMS || bytes as u64 > MAX_REQUEST_BYTES {
-        return Err(ConditionFailure::Error {
-            index: 0,
-            message: format!(
-                "the request is larger than conditions evaluate ({MAX_REQUEST_ITEMS} headers and captures, {} KiB)",
-                MAX_REQUEST_BYTES / 1024
-            ),
-        });
-    }
     let params: HashMap<Key, Value> = captures
         .into_iter()
         .map(|(name, value)| (Key::from(name), Value::from(value)))
         .collect();
     let mut fields: HashMap<Key, Value> = HashMap::from([
-        (Key::from("method"), Value::from(method)),
+        (
+            Key::from("method"),
+            Value::from(request.method.to_ascii_uppercase()),
+        ),
         (Key::from("host"), Value::from(request.host)),
         (Key::from("path"), Value::from(path.normalized())),
         (Key::from("params"), Value::Map(Map::from(params))),
@@ -105,7 +84,7 @@ fn request_value(
             .collect();
         fields.insert(Key::from("headers"), Value::Map(Map::from(headers)));
     }
-    Ok(Value::Map(Map::from(fields)))
+    Value::Map(Map::from(fields))
 }
 
 /// `token`: `scopes` (a list) and `client` (`azp`, else `client_id`; null

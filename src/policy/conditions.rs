@@ -395,18 +395,29 @@ pub enum ConditionFailure {
     },
 }
 
-/// Evaluates every condition in order; all must be `true`.
+/// Evaluates every condition in order; all must be `true`. Values larger
+/// than conditions are costed for ([`cost::Size::CLAIMS`],
+/// [`cost::Size::REQUEST`]) are not evaluated: an error, never an allow.
 pub fn evaluate(conditions: &[Condition], bindings: &Bindings) -> Result<(), ConditionFailure> {
     let mut context = Context::with_env(ENV.clone());
-    for (name, value) in [
-        ("claims", &bindings.claims),
-        ("request", &bindings.request),
-        ("token", &bindings.token),
-        ("actor", &bindings.actor),
+    for (name, value, bound) in [
+        ("claims", &bindings.claims, cost::Size::CLAIMS),
+        ("request", &bindings.request, cost::Size::REQUEST),
+        ("token", &bindings.token, cost::Size::CLAIMS),
+        ("actor", &bindings.actor, cost::Size::CLAIMS),
     ] {
-        if let Some(value) = value {
-            context.add_variable_from_value(name, value.clone());
+        let Some(value) = value else { continue };
+        if !cost::fits(value, bound) {
+            return Err(ConditionFailure::Error {
+                index: 0,
+                message: format!(
+                    "`{name}` is larger than conditions evaluate ({} entries, {} KiB)",
+                    bound.items,
+                    bound.bytes / 1024
+                ),
+            });
         }
+        context.add_variable_from_value(name, value.clone());
     }
     for (index, condition) in conditions.iter().enumerate() {
         match Value::resolve(&condition.expression, &context) {

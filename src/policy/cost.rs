@@ -2,9 +2,10 @@
 //! §8, "Bounded conditions").
 //!
 //! Modelled on Kubernetes' CEL cost estimator (cel-go `checker/cost.go`):
-//! every value a condition can see has a largest possible size, derived from
-//! the largest token and request scopegate evaluates conditions on
-//! ([`MAX_CLAIMS_BYTES`], [`MAX_REQUEST_BYTES`], [`MAX_REQUEST_ITEMS`]); a
+//! every value a condition can see has a largest possible size: the largest
+//! claims and request scopegate evaluates conditions on ([`Size::CLAIMS`],
+//! [`Size::REQUEST`]; a Check whose values are larger is denied unevaluated,
+//! see [`fits`]); a
 //! comprehension (`all`, `exists`, `exists_one`, `map`, `filter`) costs its
 //! range's largest size times its body's cost, so nesting multiplies; string
 //! operations cost by length. The estimate is an upper bound: a condition
@@ -17,7 +18,7 @@
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, operators};
 
-use crate::token::MAX_TOKEN_BYTES;
+use cel::Value;
 
 /// The most cost units one rule's conditions may add up to. One unit is
 /// about one step of the CEL interpreter; the worst accepted conditions take
@@ -41,23 +42,24 @@ pub const MAX_NESTING: u16 = 8;
 /// one level per `+`).
 pub const MAX_DEPTH: usize = 32;
 
-/// The largest claims set: the JSON payload of the largest token scopegate
-/// accepts ([`MAX_TOKEN_BYTES`] of base64url is 3/4 as many bytes).
-pub const MAX_CLAIMS_BYTES: u64 = (MAX_TOKEN_BYTES as u64) * 3 / 4;
+/// The most entries (list elements and map fields, at every level together)
+/// of the claims a rule's conditions read (and of `token`, and of `actor`).
+/// A token is at most 16 KiB; conditions are evaluated only on claims within
+/// this and [`MAX_CLAIMS_BYTES`]: a larger token is denied (403
+/// `condition_error`) on a rule with conditions, never evaluated.
+pub const MAX_CLAIMS_ITEMS: u64 = 256;
 
-/// The most elements (at every level together) of any list or map in the
-/// claims: each takes at least two bytes of JSON (`0,`).
-pub const MAX_CLAIMS_ITEMS: u64 = MAX_CLAIMS_BYTES / 2;
+/// The most string bytes of the claims a rule's conditions read.
+pub const MAX_CLAIMS_BYTES: u64 = 8 * 1024;
 
 /// The most bytes of `request` a condition is evaluated on: method, host,
 /// path, captures and (when a condition reads them) header names and values
-/// together. A Check whose request is larger is denied (403 `condition_error`)
-/// rather than evaluated. Envoy's default limit on request headers is 60 KiB.
+/// together. Envoy's default limit on request headers is 60 KiB.
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 
-/// The most entries of `request.headers` (and of `request.params`) a
+/// The most entries of `request` (its fields, headers and captures) a
 /// condition is evaluated on; Envoy's default `max_headers_count` is 100.
-pub const MAX_REQUEST_ITEMS: u64 = 128;
+pub const MAX_REQUEST_ITEMS: u64 = 160;
 
 /// Bytes a cost unit reads or copies (memcmp, hashing, copying strings).
 const BYTES_PER_UNIT: u64 = 16;
@@ -83,7 +85,7 @@ pub struct Size {
 impl Size {
     const ZERO: Size = Size { items: 0, bytes: 0 };
 
-    /// The size of the claims of the largest accepted token.
+    /// The largest claims conditions are evaluated on.
     pub const CLAIMS: Size = Size {
         items: MAX_CLAIMS_ITEMS,
         bytes: MAX_CLAIMS_BYTES,
@@ -167,8 +169,8 @@ pub enum CostError {
     },
     /// The estimate is over the budget.
     #[error(
-        "estimated cost {} exceeds the budget of {}; iterate over fewer or smaller lists (on the largest token scopegate accepts, {} bytes, a claims list can hold {} elements), or nest fewer comprehensions",
-        thousands(*estimate), thousands(*budget), thousands(MAX_TOKEN_BYTES as u64), thousands(MAX_CLAIMS_ITEMS)
+        "estimated cost {} exceeds the budget of {}; nest fewer comprehensions over different lists (a claims list may hold {MAX_CLAIMS_ITEMS} elements, request.headers {MAX_REQUEST_ITEMS})",
+        thousands(*estimate), thousands(*budget)
     )]
     OverBudget {
         /// The estimated cost.
@@ -189,6 +191,37 @@ pub fn thousands(n: u64) -> String {
         out.push(digit);
     }
     out
+}
+
+/// Whether `value` is within `bound`, so that a condition costed for it may
+/// be evaluated on it. Stops walking as soon as it is not.
+pub fn fits(value: &Value, bound: Size) -> bool {
+    let mut total = Size::ZERO;
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::List(list) => {
+                total.items += list.len() as u64;
+                stack.extend(list.iter());
+            }
+            Value::Map(map) => {
+                total.items += map.map.len() as u64;
+                for (key, value) in map.map.iter() {
+                    if let cel::objects::Key::String(key) = key {
+                        total.bytes += key.len() as u64;
+                    }
+                    stack.push(value);
+                }
+            }
+            Value::String(s) => total.bytes += s.len() as u64,
+            Value::Bytes(b) => total.bytes += b.len() as u64,
+            _ => {}
+        }
+        if total.items > bound.items || total.bytes > bound.bytes {
+            return false;
+        }
+    }
+    true
 }
 
 /// Checks the source's length before it is parsed.

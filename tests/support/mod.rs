@@ -274,25 +274,17 @@ pub fn claims(issuer: &str) -> Value {
     })
 }
 
-/// `claims` with a claim `list` of as many `0`s as fit: signed by `key`, the
-/// token is as long as scopegate accepts ([`scopegate::token::MAX_TOKEN_BYTES`]),
-/// the largest input a condition can iterate over.
-pub fn largest_token(key: &RsaKey, claims: &Value, list: &str) -> String {
-    let sign = |count: usize| {
-        let mut claims = claims.clone();
-        claims[list] = Value::Array(vec![json!(0); count]);
-        key.sign(&claims)
-    };
-    // Each element adds two bytes of JSON (`0,`): 8/3 of base64url.
-    let (mut fits, mut over) = (0, scopegate::token::MAX_TOKEN_BYTES);
-    while over - fits > 1 {
-        let mid = (fits + over) / 2;
-        match sign(mid).len() <= scopegate::token::MAX_TOKEN_BYTES {
-            true => fits = mid,
-            false => over = mid,
-        }
-    }
-    sign(fits)
+/// `claims` with a claim `list` of as many `0`s as a rule's conditions
+/// evaluate on ([`scopegate::policy::cost::MAX_CLAIMS_ITEMS`] entries with the
+/// other claims), signed by `key`: the largest input a condition can iterate
+/// over.
+pub fn largest_condition_token(key: &RsaKey, claims: &Value, list: &str) -> String {
+    let limit = scopegate::policy::cost::MAX_CLAIMS_ITEMS as usize;
+    // `aud` is an array, and `sub`, `iss`, … are entries too.
+    let others = claims.as_object().map_or(0, |c| c.len()) + 2;
+    let mut claims = claims.clone();
+    claims[list] = Value::Array(vec![json!(0); limit - others - 1]);
+    key.sign(&claims)
 }
 
 /// What the JWKS server answers.
