@@ -108,14 +108,26 @@ async fn serve_refuses_reload_with(condition: &str, expected: &str) {
         &jwks.jwks_uri(),
         &rules_with_condition(condition),
     );
+    // Whether the edit is applied or rejected, the log says so.
+    let reloads = |log: String| {
+        log.matches("reloaded policy files").count()
+            + log.matches("keeping the last good policies").count()
+    };
+    let before = reloads(sg.log_text());
     std::fs::write(dir.path().join("policy.yaml"), bad).unwrap();
-    sg.wait_for_log(expected).await;
+    eventually("scopegate processed the edit", || async {
+        reloads(sg.log_text()) > before
+    })
+    .await;
 
-    // The last good set: no rule for /guarded (403 no_rule), /orders as before.
+    // The last good set: no rule for /guarded (403 no_rule), /orders as
+    // before. (Before the bounds, the edit applied and this Check either
+    // took ~26 s or overflowed a worker's stack and aborted the process.)
     let guarded = sg.send(check("GET", "/guarded", &token)).await;
     assert_eq!(guarded.http_status(), 403);
     assert_eq!(guarded.0.status.as_ref().unwrap().message, "no_rule");
     assert_eq!(sg.send(check("GET", "/orders", &token)).await.http_status(), 200);
+    assert!(sg.log_text().contains(expected), "{}", sg.log_text());
 }
 
 #[tokio::test]

@@ -24,12 +24,12 @@ use cel::Value;
 /// about one step of the CEL interpreter; the worst accepted conditions take
 /// well under 1 ms (measured in `benches/conditions.rs` and recorded in
 /// docs/performance.md).
-pub const BUDGET: u64 = 100_000;
+pub const BUDGET: u64 = 16_000;
 
 /// Conditions estimated above this are evaluated off the request workers, one
 /// at a time per policy (so a tenant's costly conditions queue behind each
 /// other, not in front of another tenant's Checks); cheaper ones inline.
-pub const INLINE_COST: u64 = 2_000;
+pub const INLINE_COST: u64 = 4_000;
 
 /// The longest condition source, as the CRD's schema also says.
 pub const MAX_SOURCE_BYTES: usize = 2_048;
@@ -61,12 +61,16 @@ pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 /// condition is evaluated on; Envoy's default `max_headers_count` is 100.
 pub const MAX_REQUEST_ITEMS: u64 = 160;
 
+/// Units per entry to bind a variable (each list element and map field is
+/// converted into the interpreter's values on every evaluation).
+const BIND_COST_PER_ITEM: u64 = 4;
+
 /// Bytes a cost unit reads or copies (memcmp, hashing, copying strings).
 const BYTES_PER_UNIT: u64 = 16;
 
 /// What compiling a `matches()` pattern costs (it is compiled on every
 /// evaluation), in units.
-const REGEX_COMPILE_COST: u64 = 1_000;
+const REGEX_COMPILE_COST: u64 = 4_000;
 
 /// The largest compiled program a `matches()` pattern may have: bounds both
 /// its compile time and its matching time per byte.
@@ -287,7 +291,10 @@ pub fn estimate(expr: &IdedExpr) -> Result<u64, CostError> {
         .roots
         .iter()
         .filter_map(|name| variable_size(name))
-        .fold(0u64, |sum, size| sum.saturating_add(size.scan()));
+        .fold(0u64, |sum, size| {
+            sum.saturating_add(size.scan())
+                .saturating_add(size.items.saturating_mul(BIND_COST_PER_ITEM - 1))
+        });
     Ok(body.cost.saturating_add(binding))
 }
 
@@ -521,8 +528,10 @@ impl Estimator {
             | "type" => (scans, Size::ZERO),
             // A number's text is at most 32 bytes.
             "string" | "bytes" | "dyn" => (scans, size(0).plus(Size { items: 0, bytes: 32 })),
-            // The container's element (or key) is within it.
-            operators::INDEX | operators::OPT_INDEX | operators::OPT_SELECT => (scans, size(0)),
+            // A hash or position lookup; the element is within the container.
+            operators::INDEX | operators::OPT_INDEX | operators::OPT_SELECT => {
+                (size(1).scan(), size(0))
+            }
             // Each element compared to the needle.
             operators::IN => (
                 size(1)

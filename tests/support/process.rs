@@ -101,14 +101,6 @@ impl ScopegateProcess {
         super::Checked(answer.expect("Check succeeds at the gRPC level").into_inner())
     }
 
-    /// Waits until the log has `text` in it.
-    pub async fn wait_for_log(&self, text: &str) {
-        super::eventually(&format!("scopegate logged {text:?}"), || async {
-            self.log_text().contains(text)
-        })
-        .await;
-    }
-
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
