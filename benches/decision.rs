@@ -265,8 +265,12 @@ spec:
 /// The widest `n` for which `source(n)` is accepted (under the cost budget
 /// and the depth bound): the costliest condition of that shape.
 fn costliest(source: impl Fn(usize) -> String) -> String {
-    let accepted = |n: &usize| scopegate::policy::conditions::Condition::compile(&source(*n)).is_ok();
-    let widest = (1..512).take_while(accepted).last().expect("the narrowest is accepted");
+    let accepted =
+        |n: &usize| scopegate::policy::conditions::Condition::compile(&source(*n)).is_ok();
+    let widest = (1..512)
+        .take_while(accepted)
+        .last()
+        .expect("the narrowest is accepted");
     source(widest)
 }
 
@@ -277,37 +281,81 @@ fn bench_costliest_conditions(c: &mut Criterion) {
     let shapes = [
         // One comprehension over the largest claims list, its body as long
         // as the budget allows.
-        ("claims_all", costliest(|n| format!("claims.list.all(x, {})", vec!["x == 0"; n].join(" && ")))),
+        (
+            "claims_all",
+            costliest(|n| format!("claims.list.all(x, {})", vec!["x == 0"; n].join(" && "))),
+        ),
         // The same over every header of the largest request.
-        ("headers_all", costliest(|n| format!("request.headers.all(k, {})", vec!["request.headers[k] != ''"; n].join(" && ")))),
+        (
+            "headers_all",
+            costliest(|n| {
+                format!(
+                    "request.headers.all(k, {})",
+                    vec!["request.headers[k] != ''"; n].join(" && ")
+                )
+            }),
+        ),
         // A comprehension over the element inside one over the list.
-        ("claims_nested", costliest(|n| format!("claims.list.map(x, [x, x]).all(p, p.all(x, {}))", vec!["x == 0"; n].join(" && ")))),
+        (
+            "claims_nested",
+            costliest(|n| {
+                format!(
+                    "claims.list.map(x, [x, x]).all(p, p.all(x, {}))",
+                    vec!["x == 0"; n].join(" && ")
+                )
+            }),
+        ),
         // The deepest expression accepted.
-        ("deepest", costliest(|n| format!("{} >= 0", vec!["claims.list[0]"; n.min(31)].join(" + ")))),
+        (
+            "deepest",
+            costliest(|n| format!("{} >= 0", vec!["claims.list[0]"; n.min(31)].join(" + "))),
+        ),
     ];
     let rules: String = shapes
         .iter()
         .map(|(name, source)| format!("    - paths: [\"/{name}\"]\n      when: ['{source}']\n"))
         .collect();
     let bench = Bench::with_policies(vec![KEY_A.jwk()], |jwks| {
-        support::host_policy_yaml("costly", &numbered_host(0), &jwks.issuer(), Some(&jwks.jwks_uri()), "")
-            .replace("  rules: \n", &format!("  rules:\n{rules}"))
+        support::host_policy_yaml(
+            "costly",
+            &numbered_host(0),
+            &jwks.issuer(),
+            Some(&jwks.jwks_uri()),
+            "",
+        )
+        .replace("  rules: \n", &format!("  rules:\n{rules}"))
     });
-    let token = support::largest_condition_token(&KEY_A, &numbered_claims(&bench.issuer(), 0), "list");
+    let token =
+        support::largest_condition_token(&KEY_A, &numbered_claims(&bench.issuer(), 0), "list");
     let auth = format!("Bearer {token}");
     let filler = "v".repeat(scopegate::policy::cost::MAX_REQUEST_BYTES as usize / 160);
     let names: Vec<String> = (0..140).map(|i| format!("x-filler-{i:03}")).collect();
-    let mut headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), filler.as_str())).collect();
+    let mut headers: Vec<(&str, &str)> = names
+        .iter()
+        .map(|n| (n.as_str(), filler.as_str()))
+        .collect();
     headers.push(("authorization", &auth));
     let service = bench.service(cache());
     let mut group = c.benchmark_group("check/hit/costliest_condition");
     for (name, source) in &shapes {
-        let request = check_request(&numbered_host(0), "GET", &format!("/{name}"), &headers, HashMap::new());
+        let request = check_request(
+            &numbered_host(0),
+            "GET",
+            &format!("/{name}"),
+            &headers,
+            HashMap::new(),
+        );
         bench.check_allowed(&service, &request);
-        let cost = scopegate::policy::conditions::Condition::compile(source).unwrap().cost();
-        println!("{name}: estimated cost {cost}, {} bytes: {source:.100}", source.len());
+        let cost = scopegate::policy::conditions::Condition::compile(source)
+            .unwrap()
+            .cost();
+        println!(
+            "{name}: estimated cost {cost}, {} bytes: {source:.100}",
+            source.len()
+        );
         group.bench_function(*name, |b| {
-            b.to_async(&bench.runtime).iter(|| service.check_request(&request))
+            b.to_async(&bench.runtime)
+                .iter(|| service.check_request(&request))
         });
     }
     group.finish();

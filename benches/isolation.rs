@@ -50,14 +50,23 @@ fn policies(jwks: &JwksServer, condition: &str) -> String {
 
 fn costly_request(token: &str) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
     let auth = format!("Bearer {token}");
-    check_request(COSTLY_HOST, "GET", "/costly", &[("authorization", &auth)], HashMap::new())
+    check_request(
+        COSTLY_HOST,
+        "GET",
+        "/costly",
+        &[("authorization", &auth)],
+        HashMap::new(),
+    )
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let seconds: u64 = std::env::var("SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let seconds: u64 = std::env::var("SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     let phase = Duration::from_secs(seconds);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {

@@ -13,15 +13,6 @@ use std::process::Command;
 use support::process::ScopegateProcess;
 use support::*;
 
-/// Eight nested `.all()` over ten-element lists: 244 characters, ~26 s per
-/// evaluation before the cost bound.
-fn nested_alls() -> String {
-    let ten = "[0,1,2,3,4,5,6,7,8,9]";
-    (0..8).fold("true".to_string(), |body, i| {
-        format!("{ten}.all(x{i}, {body})")
-    })
-}
-
 /// A sum of 1,500 terms: 1,500 levels of nesting, which overflowed a
 /// worker's 2 MiB stack on the first Check.
 fn long_sum() -> String {
@@ -51,9 +42,19 @@ fn validate(dir: &Path, condition: &str) -> std::process::Output {
         .unwrap()
 }
 
-fn check(method: &str, path: &str, token: &str) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+fn check(
+    method: &str,
+    path: &str,
+    token: &str,
+) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
     let auth = format!("Bearer {token}");
-    check_request(HOST, method, path, &[("authorization", &auth)], HashMap::new())
+    check_request(
+        HOST,
+        method,
+        path,
+        &[("authorization", &auth)],
+        HashMap::new(),
+    )
 }
 
 #[test]
@@ -66,13 +67,14 @@ fn finding_2_validate_refuses_a_condition_over_the_cost_budget_naming_estimate_a
         stdout.contains("spec.rules[0].when[0]") && stdout.contains("estimated cost "),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("exceeds the budget of "),
-        "{stdout}"
-    );
+    assert!(stdout.contains("exceeds the budget of "), "{stdout}");
     // One comprehension over the largest claims list is within the budget.
     let out = validate(dir.path(), "claims.groups.exists(g, g == \"admins\")");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -100,7 +102,10 @@ async fn serve_refuses_reload_with(condition: &str, expected: &str) {
     let sg = ScopegateProcess::serve_policy(dir.path(), &good, &[], |_| {}).await;
     sg.wait_for_jwks_attempts_above(0).await;
     let token = KEY_A.sign(&claims(&jwks.issuer()));
-    assert_eq!(sg.send(check("GET", "/orders", &token)).await.http_status(), 200);
+    assert_eq!(
+        sg.send(check("GET", "/orders", &token)).await.http_status(),
+        200
+    );
 
     let bad = policy_yaml(
         "orders",
@@ -126,7 +131,10 @@ async fn serve_refuses_reload_with(condition: &str, expected: &str) {
     let guarded = sg.send(check("GET", "/guarded", &token)).await;
     assert_eq!(guarded.http_status(), 403);
     assert_eq!(guarded.0.status.as_ref().unwrap().message, "no_rule");
-    assert_eq!(sg.send(check("GET", "/orders", &token)).await.http_status(), 200);
+    assert_eq!(
+        sg.send(check("GET", "/orders", &token)).await.http_status(),
+        200
+    );
     assert!(sg.log_text().contains(expected), "{}", sg.log_text());
 }
 
@@ -144,16 +152,26 @@ async fn finding_3_a_long_sum_neither_reloads_nor_crashes_the_server() {
 async fn finding_7_conditions_see_the_method_upper_case_as_rules_compare_it() {
     let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
     let dir = tempfile::tempdir().unwrap();
-    let rules = "  rules:\n    - paths: [\"/orders/**\"]\n      when: ['request.method != \"DELETE\"']\n";
+    let rules =
+        "  rules:\n    - paths: [\"/orders/**\"]\n      when: ['request.method != \"DELETE\"']\n";
     let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), rules);
     let sg = ScopegateProcess::serve_policy(dir.path(), &policy, &[], |_| {}).await;
     sg.wait_for_jwks_attempts_above(0).await;
     let token = KEY_A.sign(&claims(&jwks.issuer()));
-    assert_eq!(sg.send(check("get", "/orders/1", &token)).await.http_status(), 200);
+    assert_eq!(
+        sg.send(check("get", "/orders/1", &token))
+            .await
+            .http_status(),
+        200
+    );
     for method in ["DELETE", "delete", "Delete"] {
         let denied = sg.send(check(method, "/orders/1", &token)).await;
         assert_eq!(denied.http_status(), 403, "{method}");
-        assert_eq!(denied.0.status.as_ref().unwrap().message, "condition", "{method}");
+        assert_eq!(
+            denied.0.status.as_ref().unwrap().message,
+            "condition",
+            "{method}"
+        );
     }
 }
 
@@ -164,16 +182,29 @@ async fn finding_7_conditions_see_the_method_upper_case_as_rules_compare_it() {
 async fn claims_larger_than_conditions_evaluate_are_denied_unevaluated() {
     let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
     let dir = tempfile::tempdir().unwrap();
-    let rules = "  rules:\n    - paths: [\"/orders/**\"]\n      when: ['claims.list.all(x, x == 0)']\n";
+    let rules =
+        "  rules:\n    - paths: [\"/orders/**\"]\n      when: ['claims.list.all(x, x == 0)']\n";
     let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), rules);
     let sg = ScopegateProcess::serve_policy(dir.path(), &policy, &[], |_| {}).await;
     sg.wait_for_jwks_attempts_above(0).await;
     let largest = largest_condition_token(&KEY_A, &claims(&jwks.issuer()), "list");
-    assert_eq!(sg.send(check("GET", "/orders/1", &largest)).await.http_status(), 200);
+    assert_eq!(
+        sg.send(check("GET", "/orders/1", &largest))
+            .await
+            .http_status(),
+        200
+    );
     let mut larger = claims(&jwks.issuer());
     larger["list"] = serde_json::json!(vec![0; 300]);
-    let denied = sg.send(check("GET", "/orders/1", &KEY_A.sign(&larger))).await;
+    let denied = sg
+        .send(check("GET", "/orders/1", &KEY_A.sign(&larger)))
+        .await;
     assert_eq!(denied.http_status(), 403);
     assert_eq!(denied.0.status.as_ref().unwrap().message, "condition_error");
-    assert!(denied.body()["error_description"].as_str().unwrap().contains("larger than conditions evaluate"));
+    assert!(
+        denied.body()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("larger than conditions evaluate")
+    );
 }

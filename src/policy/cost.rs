@@ -255,9 +255,18 @@ pub fn check_depth(expr: &IdedExpr) -> Result<(), CostError> {
 fn children(expr: &IdedExpr) -> Vec<&IdedExpr> {
     match &expr.expr {
         Expr::Select(select) => vec![&select.operand],
-        Expr::Call(call) => call.target.as_deref().into_iter().chain(&call.args).collect(),
+        Expr::Call(call) => call
+            .target
+            .as_deref()
+            .into_iter()
+            .chain(&call.args)
+            .collect(),
         Expr::List(list) => list.elements.iter().collect(),
-        Expr::Map(map) => map.entries.iter().flat_map(|e| entry_children(&e.expr)).collect(),
+        Expr::Map(map) => map
+            .entries
+            .iter()
+            .flat_map(|e| entry_children(&e.expr))
+            .collect(),
         Expr::Struct(object) => object
             .entries
             .iter()
@@ -339,7 +348,10 @@ impl Estimator {
                 Ok(Estimate {
                     cost: elements.cost.saturating_add(list.elements.len() as u64),
                     size: Size {
-                        items: elements.size.items.saturating_add(list.elements.len() as u64),
+                        items: elements
+                            .size
+                            .items
+                            .saturating_add(list.elements.len() as u64),
                         ..elements.size
                     },
                 })
@@ -389,7 +401,10 @@ impl Estimator {
         let all = self.all(entries.into_iter())?;
         Ok(Estimate {
             // Each key is hashed.
-            cost: all.cost.saturating_add(count).saturating_add(all.size.scan()),
+            cost: all
+                .cost
+                .saturating_add(count)
+                .saturating_add(all.size.scan()),
             size: Size {
                 items: all.size.items.saturating_add(count),
                 ..all.size
@@ -438,9 +453,7 @@ impl Estimator {
         let loops = per_iteration(self, Size::ZERO)?
             .saturating_mul(iterations)
             .saturating_add(per_iteration(self, range.size)?);
-        let result = self.in_loop(c, Size::ZERO, accumulated, |this| {
-            this.estimate(&c.result)
-        })?;
+        let result = self.in_loop(c, Size::ZERO, accumulated, |this| this.estimate(&c.result))?;
         if appends {
             self.appended.pop();
         }
@@ -492,7 +505,9 @@ impl Estimator {
         }
         let evaluated = args.iter().fold(1u64, |sum, a| sum.saturating_add(a.cost));
         let size = |i: usize| args.get(i).map_or(Size::ZERO, |a| a.size);
-        let scans = args.iter().fold(0u64, |sum, a| sum.saturating_add(a.size.scan()));
+        let scans = args
+            .iter()
+            .fold(0u64, |sum, a| sum.saturating_add(a.size.scan()));
         let appends_to_accumulator = name == operators::ADD
             && matches!(call.args.first().map(|a| &a.expr), Some(Expr::Ident(n)) if self.appended.contains(n));
         let (work, result) = match name {
@@ -527,7 +542,13 @@ impl Estimator {
             | "double"
             | "type" => (scans, Size::ZERO),
             // A number's text is at most 32 bytes.
-            "string" | "bytes" | "dyn" => (scans, size(0).plus(Size { items: 0, bytes: 32 })),
+            "string" | "bytes" | "dyn" => (
+                scans,
+                size(0).plus(Size {
+                    items: 0,
+                    bytes: 32,
+                }),
+            ),
             // A hash or position lookup; the element is within the container.
             operators::INDEX | operators::OPT_INDEX | operators::OPT_SELECT => {
                 (size(1).scan(), size(0))
@@ -541,10 +562,7 @@ impl Estimator {
             ),
             "optional.of" | "optional.ofNonZeroValue" | "value" => (1, size(0)),
             "or" | "orValue" => (1, size(0).plus(size(1))),
-            "matches" => (
-                REGEX_COMPILE_COST.saturating_add(scans),
-                Size::ZERO,
-            ),
+            "matches" => (REGEX_COMPILE_COST.saturating_add(scans), Size::ZERO),
             other => return Err(CostError::UnknownFunction(other.to_string())),
         };
         Ok(Estimate {
@@ -571,10 +589,7 @@ fn appends_in_place(c: &cel::common::ast::ComprehensionExpr) -> bool {
         }
         _ => is_append(&c.loop_step),
     };
-    empty_init
-        && step
-        && is_accu(&c.result)
-        && matches!(c.loop_cond.expr, Expr::Literal(_))
+    empty_init && step && is_accu(&c.result) && matches!(c.loop_cond.expr, Expr::Literal(_))
 }
 
 fn literal_size(literal: &LiteralValue) -> Size {
@@ -602,7 +617,13 @@ fn check_pattern(call: &cel::common::ast::CallExpr) -> Result<(), CostError> {
         .map(drop)
         .map_err(|e| CostError::BadPattern {
             pattern: pattern.inner().to_string(),
-            reason: e.to_string().lines().last().unwrap_or("invalid").trim().to_string(),
+            reason: e
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or("invalid")
+                .trim()
+                .to_string(),
         })
 }
 

@@ -132,7 +132,15 @@ impl Load {
         rate: Option<f64>,
         first_phase: &str,
     ) -> Load {
-        Self::start_with(addr, kinds, connections, rate, first_phase, Arc::new(bearer_request)).await
+        Self::start_with(
+            addr,
+            kinds,
+            connections,
+            rate,
+            first_phase,
+            Arc::new(bearer_request),
+        )
+        .await
     }
 
     /// [`Load::start`], with the Check for a token built by `request`.

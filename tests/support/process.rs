@@ -98,7 +98,11 @@ impl ScopegateProcess {
         request: envoy_types::pb::envoy::service::auth::v3::CheckRequest,
     ) -> super::Checked {
         let answer = self.client().await.check(request).await;
-        super::Checked(answer.expect("Check succeeds at the gRPC level").into_inner())
+        super::Checked(
+            answer
+                .expect("Check succeeds at the gRPC level")
+                .into_inner(),
+        )
     }
 
     /// The process id.
