@@ -354,6 +354,7 @@ async fn finding_2_a_condition_over_the_cost_budget_is_invalid_naming_estimate_a
         "  rules:\n    - paths: [\"/orders\"]\n      when: ['{}']\n",
         nested_alls()
     );
+    delete_if_present(&api, "costly").await;
     api.create(
         &PostParams::default(),
         &token_policy(&ns, "costly", &jwks, &rules),
