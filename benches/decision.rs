@@ -265,8 +265,10 @@ spec:
 /// The widest `n` for which `source(n)` is accepted (under the cost budget
 /// and the depth bound): the costliest condition of that shape.
 fn costliest(source: impl Fn(usize) -> String) -> String {
-    let accepted =
-        |n: &usize| scopegate::policy::conditions::Condition::compile(&source(*n)).is_ok();
+    let accepted = |n: &usize| {
+        scopegate::policy::conditions::Condition::compile(&source(*n))
+            .is_ok_and(|c| c.cost() <= scopegate::policy::cost::BUDGET)
+    };
     let widest = (1..512)
         .take_while(accepted)
         .last()
@@ -291,7 +293,7 @@ fn bench_costliest_conditions(c: &mut Criterion) {
             costliest(|n| {
                 format!(
                     "request.headers.all(k, {})",
-                    vec!["request.headers[k] != ''"; n].join(" && ")
+                    vec!["request.headers[k] != \"\""; n].join(" && ")
                 )
             }),
         ),
