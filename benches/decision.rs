@@ -262,6 +262,107 @@ spec:
     group.finish();
 }
 
+/// The widest `n` for which `source(n)` is accepted (under the cost budget
+/// and the depth bound): the costliest condition of that shape.
+fn costliest(source: impl Fn(usize) -> String) -> String {
+    let accepted = |n: &usize| {
+        scopegate::policy::conditions::Condition::compile(&source(*n))
+            .is_ok_and(|c| c.cost() <= scopegate::policy::cost::BUDGET)
+    };
+    let widest = (1..512)
+        .take_while(accepted)
+        .last()
+        .expect("the narrowest is accepted");
+    source(widest)
+}
+
+/// The costliest conditions `validate` accepts, each through a whole Check
+/// (cache hit) on the largest claims and request conditions evaluate on
+/// (DESIGN.md §8: under 1 ms per Check). `cost` is the estimate.
+fn bench_costliest_conditions(c: &mut Criterion) {
+    let shapes = [
+        // One comprehension over the largest claims list, its body as long
+        // as the budget allows.
+        (
+            "claims_all",
+            costliest(|n| format!("claims.list.all(x, {})", vec!["x == 0"; n].join(" && "))),
+        ),
+        // The same over every header of the largest request.
+        (
+            "headers_all",
+            costliest(|n| {
+                format!(
+                    "request.headers.all(k, {})",
+                    vec!["request.headers[k] != \"\""; n].join(" && ")
+                )
+            }),
+        ),
+        // A comprehension over the element inside one over the list.
+        (
+            "claims_nested",
+            costliest(|n| {
+                format!(
+                    "claims.list.map(x, [x, x]).all(p, p.all(x, {}))",
+                    vec!["x == 0"; n].join(" && ")
+                )
+            }),
+        ),
+        // The deepest expression accepted.
+        (
+            "deepest",
+            costliest(|n| format!("{} >= 0", vec!["claims.list[0]"; n.min(31)].join(" + "))),
+        ),
+    ];
+    let rules: String = shapes
+        .iter()
+        .map(|(name, source)| format!("    - paths: [\"/{name}\"]\n      when: ['{source}']\n"))
+        .collect();
+    let bench = Bench::with_policies(vec![KEY_A.jwk()], |jwks| {
+        support::host_policy_yaml(
+            "costly",
+            &numbered_host(0),
+            &jwks.issuer(),
+            Some(&jwks.jwks_uri()),
+            "",
+        )
+        .replace("  rules: \n", &format!("  rules:\n{rules}"))
+    });
+    let token =
+        support::largest_condition_token(&KEY_A, &numbered_claims(&bench.issuer(), 0), "list");
+    let auth = format!("Bearer {token}");
+    let filler = "v".repeat(scopegate::policy::cost::MAX_REQUEST_BYTES as usize / 160);
+    let names: Vec<String> = (0..140).map(|i| format!("x-filler-{i:03}")).collect();
+    let mut headers: Vec<(&str, &str)> = names
+        .iter()
+        .map(|n| (n.as_str(), filler.as_str()))
+        .collect();
+    headers.push(("authorization", &auth));
+    let service = bench.service(cache());
+    let mut group = c.benchmark_group("check/hit/costliest_condition");
+    for (name, source) in &shapes {
+        let request = check_request(
+            &numbered_host(0),
+            "GET",
+            &format!("/{name}"),
+            &headers,
+            HashMap::new(),
+        );
+        bench.check_allowed(&service, &request);
+        let cost = scopegate::policy::conditions::Condition::compile(source)
+            .unwrap()
+            .cost();
+        println!(
+            "{name}: estimated cost {cost}, {} bytes: {source:.100}",
+            source.len()
+        );
+        group.bench_function(*name, |b| {
+            b.to_async(&bench.runtime)
+                .iter(|| service.check_request(&request))
+        });
+    }
+    group.finish();
+}
+
 fn bench_dpop_proof(c: &mut Criterion) {
     let key = EcKey::generate("client");
     let htu = "https://orders.example.com/orders/42";
@@ -315,7 +416,7 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = bench_hit_and_miss, bench_policies, bench_scopes, bench_policy_language, bench_dpop_proof
+    targets = bench_hit_and_miss, bench_policies, bench_scopes, bench_policy_language, bench_costliest_conditions, bench_dpop_proof
 }
 
 fn main() {

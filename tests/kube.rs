@@ -345,6 +345,41 @@ async fn uncompilable_and_conflicting_policies_are_not_ready_while_others_serve(
 }
 
 /// Deletes `name` if it exists and waits until it is gone.
+/// Issue 20, finding 2: a `when:` over the cost budget passes the CRD's
+/// schema (244 characters) but is `Invalid`, its status naming the estimate
+/// and the budget.
+#[tokio::test]
+async fn finding_2_a_condition_over_the_cost_budget_is_invalid_naming_estimate_and_budget() {
+    let cluster = cluster().await;
+    let ns = namespace(&cluster.client, "t-cost").await;
+    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
+    let _sg = start_scopegate(&cluster, &ns).await;
+    let api = policies(&cluster.client, &ns);
+    let rules = format!(
+        "  rules:\n    - paths: [\"/orders\"]\n      when: ['{}']\n",
+        nested_alls()
+    );
+    delete_if_present(&api, "costly").await;
+    api.create(
+        &PostParams::default(),
+        &token_policy(&ns, "costly", &jwks, &rules),
+    )
+    .await
+    .unwrap();
+    eventually("the status is written", || async {
+        ready_condition(&api, "costly").await.is_some()
+    })
+    .await;
+    let (status, reason, message) = ready_condition(&api, "costly").await.unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Invalid"));
+    assert!(
+        message.contains("spec.rules[0].when[0]")
+            && message.contains("estimated cost ")
+            && message.contains("exceeds the budget of 16,000"),
+        "{message}"
+    );
+}
+
 async fn delete_if_present(api: &Api<TokenPolicy>, name: &str) {
     if api.get_opt(name).await.unwrap().is_some() {
         api.delete(name, &DeleteParams::default()).await.unwrap();

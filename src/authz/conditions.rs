@@ -1,5 +1,6 @@
 //! The conditions stage of a Check: binds what a rule's `when` expressions
-//! read (only that: see [`Uses`]) and evaluates them.
+//! read (only that: see [`Uses`]) and evaluates them, inline when they are
+//! cheap and off the request workers when they are costly (DESIGN.md §8).
 
 use std::collections::HashMap;
 
@@ -8,12 +9,15 @@ use cel::objects::{Key, Map};
 
 use super::request::HttpAttributes;
 use super::token_cache::PreparedToken;
-use crate::policy::conditions::{self, Bindings, ConditionFailure, Uses};
+use crate::policy::conditions::{self, Bindings, ConditionFailure, ConditionGate, Uses};
+use crate::policy::cost::INLINE_COST;
 use crate::policy::{CompiledRule, RequestPath};
 use crate::token::ReadClaims as _;
 
-/// Whether every condition of `rule` holds for this request and token.
-pub fn check(
+/// Whether every condition of `rule` holds for this request and token;
+/// `gate` is the policy's, where costly conditions wait their turn.
+pub async fn check(
+    gate: Option<&ConditionGate>,
     rule: &CompiledRule,
     path: &RequestPath<'_>,
     request: &HttpAttributes<'_>,
@@ -22,33 +26,52 @@ pub fn check(
     if rule.conditions.is_empty() {
         return Ok(());
     }
+    let bindings = bind(rule, path, request, token);
+    match gate {
+        Some(gate) if rule.condition_cost > INLINE_COST => {
+            // Boxed: the Check future stays small for the common path.
+            Box::pin(gate.evaluate(rule.conditions.clone(), bindings)).await
+        }
+        _ => conditions::evaluate(&rule.conditions, &bindings),
+    }
+}
+
+/// The variables the rule's conditions read.
+fn bind(
+    rule: &CompiledRule,
+    path: &RequestPath<'_>,
+    request: &HttpAttributes<'_>,
+    token: &PreparedToken,
+) -> Bindings {
     let uses = rule.condition_uses;
-    let bindings = Bindings {
+    Bindings {
         claims: uses.claims.then(|| token.condition_claims().clone()),
         request: uses
             .request
             .then(|| request_value(rule, path, request, uses)),
         token: uses.token.then(|| token_value(token)),
         actor: uses.actor.then(|| actor_value(token)),
-    };
-    conditions::evaluate(&rule.conditions, &bindings)
+    }
 }
 
-/// `request`: `method`, `host`, `path` (as the rules match it), `params`, and `headers`
-/// when a condition reads them.
+/// `request`: `method` (upper-case, as rules compare it), `host`, `path` (as
+/// the rules match it), `params`, and `headers` when a condition reads them.
 fn request_value(
     rule: &CompiledRule,
     path: &RequestPath<'_>,
     request: &HttpAttributes<'_>,
     uses: Uses,
 ) -> Value {
-    let params: HashMap<Key, Value> = rule
-        .captures(path)
+    let captures = rule.captures(path);
+    let params: HashMap<Key, Value> = captures
         .into_iter()
         .map(|(name, value)| (Key::from(name), Value::from(value)))
         .collect();
     let mut fields: HashMap<Key, Value> = HashMap::from([
-        (Key::from("method"), Value::from(request.method)),
+        (
+            Key::from("method"),
+            Value::from(request.method.to_ascii_uppercase()),
+        ),
         (Key::from("host"), Value::from(request.host)),
         (Key::from("path"), Value::from(path.normalized())),
         (Key::from("params"), Value::Map(Map::from(params))),

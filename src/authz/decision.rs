@@ -287,17 +287,20 @@ async fn enforce(
     let verdict = match rule {
         None if policy.default_action == DefaultAction::Allow => Ok(()),
         None => Err(Denial::forbidden("no_rule", "no rule allows this request")),
-        Some(rule) => check_rule(rule, &token)
-            .and_then(|()| match &rule.actor {
-                Some(actor) => super::actor::check(actor, &token)
-                    .map_err(|failure| Denial::forbidden(failure.label(), failure.to_string())),
-                None => Ok(()),
-            })
-            .and_then(|()| {
-                super::conditions::check(rule, &path, request, &token)
+        Some(rule) => match check_rule(rule, &token).and_then(|()| match &rule.actor {
+            Some(actor) => super::actor::check(actor, &token)
+                .map_err(|failure| Denial::forbidden(failure.label(), failure.to_string())),
+            None => Ok(()),
+        }) {
+            Ok(()) => {
+                let gate = policy.condition_gate.as_ref();
+                super::conditions::check(gate, rule, &path, request, &token)
+                    .await
                     .map_err(|failure| Denial::condition(&failure))
-            })
-            .map_err(|d| d.with_rule(Some(rule))),
+            }
+            Err(denial) => Err(denial),
+        }
+        .map_err(|d| d.with_rule(Some(rule))),
     };
     match verdict {
         Ok(()) => Ok(allowed(Some(token), rule)),

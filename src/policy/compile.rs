@@ -40,6 +40,9 @@ pub struct CompiledPolicy {
     /// `spec.proofOfPossession` (DPoP): `None` when the policy does not
     /// accept the `DPoP` scheme (bound tokens must still prove).
     pub proof_of_possession: Option<ProofOfPossession>,
+    /// Where its costly conditions are evaluated (`None` when every rule's
+    /// conditions are cheap enough to evaluate inline).
+    pub condition_gate: Option<conditions::ConditionGate>,
     /// What compiles but is probably not what the author meant: reported by
     /// `validate`, in the status message and the log, never enforced.
     pub warnings: Vec<FieldError>,
@@ -146,10 +149,13 @@ pub struct CompiledRule {
     pub mcp: Option<Box<McpMatcher>>,
     /// `actor`: the delegation this rule requires or refuses.
     pub actor: Option<Box<ActorRule>>,
-    /// `when`: CEL conditions that must all hold.
-    pub conditions: Box<[Condition]>,
+    /// `when`: CEL conditions that must all hold (shared, so that a Check
+    /// can evaluate them off the request workers).
+    pub conditions: Arc<[Condition]>,
     /// What the conditions read, so a Check builds only that.
     pub condition_uses: Uses,
+    /// Their estimated cost together ([`super::cost`]), at most the budget.
+    pub condition_cost: u64,
 }
 
 impl CompiledRule {
@@ -332,6 +338,10 @@ impl CompiledPolicy {
         match (errors.0.is_empty(), issuers) {
             (true, Some(issuers)) => Ok(CompiledPolicy {
                 id,
+                condition_gate: rules
+                    .iter()
+                    .any(|r| r.condition_cost > super::cost::INLINE_COST)
+                    .then(conditions::ConditionGate::new),
                 hosts,
                 issuers: issuers.into(),
                 scope_claims: boxed_strs(&spec.scope_claims).into(),
@@ -664,17 +674,7 @@ fn compile_rule(index: usize, rule: &RuleSpec, errors: &mut Errors) -> CompiledR
                 .map_err(|e| e.to_string()),
         )
     });
-    let conditions: Box<[Condition]> = rule
-        .when
-        .iter()
-        .enumerate()
-        .filter_map(|(i, source)| {
-            errors.check(
-                format!("{field}.when[{i}]"),
-                Condition::compile(source).map_err(|e| format!("{source:?}: {e}")),
-            )
-        })
-        .collect();
+    let conditions = compile_conditions(&field, &rule.when, errors);
     CompiledRule {
         name: format!("rules[{index}]").into(),
         methods,
@@ -687,8 +687,31 @@ fn compile_rule(index: usize, rule: &RuleSpec, errors: &mut Errors) -> CompiledR
         mcp: mcp.map(Box::new),
         actor: actor.map(Box::new),
         condition_uses: conditions::uses_of(&conditions),
+        condition_cost: conditions::total_cost(&conditions),
         conditions,
     }
+}
+
+/// A rule's `when`: each condition compiled, and all of them together held
+/// to the cost budget (they all run on one Check).
+fn compile_conditions(field: &str, when: &[String], errors: &mut Errors) -> Arc<[Condition]> {
+    let mut cost = 0u64;
+    let mut compiled = Vec::with_capacity(when.len());
+    for (i, source) in when.iter().enumerate() {
+        let condition = Condition::compile(source).and_then(|condition| {
+            conditions::check_budget(cost, &condition).map_err(|e| match i {
+                0 => e,
+                _ => format!("{e} (with when[0..{i}] before it)"),
+            })?;
+            Ok(condition)
+        });
+        let condition = condition.map_err(|e| format!("{source:?}: {e}"));
+        if let Some(condition) = errors.check(format!("{field}.when[{i}]"), condition) {
+            cost = cost.saturating_add(condition.cost());
+            compiled.push(condition);
+        }
+    }
+    compiled.into()
 }
 
 /// A claim starting with `/` is an RFC 6901 JSON pointer: `~` may only

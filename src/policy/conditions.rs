@@ -10,14 +10,19 @@
 //! | `token` | `scopes` (the granted scopes, a list) and `client` (`azp`, else `client_id`) |
 //! | `actor` | the RFC 8693 `act` chain, outermost first (`actor[0].sub`); empty without `act` |
 //!
-//! A condition that names any other variable does not compile. Only `true`
-//! lets a request through: `false` is a denial, and so is an error or a
-//! non-boolean result (never an allow).
+//! A condition that names any other variable does not compile, and neither
+//! does one whose shape or estimated cost is over the bounds of [`cost`]
+//! (DESIGN.md §8): every accepted condition evaluates in bounded time and
+//! stack. Only `true` lets a request through: `false` is a denial, and so is
+//! an error or a non-boolean result (never an allow).
 
 use std::sync::{Arc, LazyLock};
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
-use cel::{Context, Env, Program, Value};
+use cel::parser::Parser;
+use cel::{Context, Env, Value};
+
+use super::cost;
 
 /// The variables a condition may use.
 pub const VARIABLES: [&str; 4] = ["claims", "request", "token", "actor"];
@@ -28,8 +33,10 @@ static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
 /// One compiled `when` expression.
 pub struct Condition {
     source: Box<str>,
-    program: Program,
+    expression: IdedExpr,
     uses: Uses,
+    /// Its estimated cost on the largest inputs ([`cost::estimate`]).
+    cost: u64,
     /// The top-level claims it reads; `None` when it reads `claims` as a
     /// whole (`size(claims)`, `claims.exists(…)`, `claims[x]`).
     claim_names: Option<Box<[Box<str>]>>,
@@ -83,17 +90,14 @@ impl Clone for Condition {
 
 impl Condition {
     /// Compiles `source`; the error names the problem and where it is.
+    /// A condition over [`cost::BUDGET`] on its own compiles (a rule's
+    /// conditions together are held to the budget: [`check_budget`]).
     pub fn compile(source: &str) -> Result<Self, String> {
-        let program = Program::compile(source).map_err(|e| {
-            // cel's message is multi-line (with a caret under the position).
-            e.to_string()
-                .lines()
-                .next()
-                .unwrap_or("syntax error")
-                .trim_start_matches("ERROR: ")
-                .replace("<input>:", "at line:column ")
-        })?;
-        let free = free_variables(program.expression());
+        cost::check_length(source).map_err(|e| e.to_string())?;
+        let expression = parse(source)?;
+        // Before any recursive walk of the tree.
+        cost::check_depth(&expression).map_err(|e| e.to_string())?;
+        let free = free_variables(&expression);
         if let Some(unknown) = free.iter().find(|v| !VARIABLES.contains(&v.as_str())) {
             return Err(format!(
                 "unknown variable `{unknown}`: a condition can use {}",
@@ -107,12 +111,14 @@ impl Condition {
             token: free.iter().any(|v| v == "token"),
             actor: free.iter().any(|v| v == "actor"),
         };
+        let cost = cost::estimate(&expression).map_err(|e| e.to_string())?;
         let mut claim_names = Some(Vec::new());
-        claims_read(program.expression(), &mut claim_names);
+        claims_read(&expression, &mut claim_names);
         Ok(Condition {
             source: source.into(),
-            program,
+            expression,
             uses,
+            cost,
             claim_names: claim_names.map(Vec::into_boxed_slice),
         })
     }
@@ -127,12 +133,40 @@ impl Condition {
         self.uses
     }
 
+    /// Its estimated cost on the largest inputs, in the units of
+    /// [`cost::BUDGET`].
+    pub fn cost(&self) -> u64 {
+        self.cost
+    }
+
     /// The top-level claims it reads (`claims.sub`, `has(claims.org)`,
     /// `claims["https://example.com/org"]`); `None` when it reads `claims`
     /// in a way that can reach any claim.
     pub fn claim_names(&self) -> Option<&[Box<str>]> {
         self.claim_names.as_deref()
     }
+}
+
+/// Parses `source` with the standard macros, refusing brackets, calls and
+/// `?:` nested deeper than [`cost::MAX_NESTING`] (the parser recurses on
+/// them, with large frames).
+fn parse(source: &str) -> Result<IdedExpr, String> {
+    Parser::new()
+        .max_recursion_depth(cost::MAX_NESTING)
+        .parse(source)
+        .map_err(|e| {
+            let message = e.to_string();
+            if message.contains("Recursion limit") {
+                return cost::CostError::TooNested.to_string();
+            }
+            // cel's message is multi-line (with a caret under the position).
+            message
+                .lines()
+                .next()
+                .unwrap_or("syntax error")
+                .trim_start_matches("ERROR: ")
+                .replace("<input>:", "at line:column ")
+        })
 }
 
 /// Collects into `names` the claims `expr` reads by a constant name;
@@ -243,6 +277,27 @@ fn walk_entry(
     }
 }
 
+/// The estimated cost of evaluating all of `conditions` (a rule's `when`).
+pub fn total_cost(conditions: &[Condition]) -> u64 {
+    conditions
+        .iter()
+        .fold(0, |sum, c| sum.saturating_add(c.cost))
+}
+
+/// Refuses a condition that, with the ones before it in the same rule, goes
+/// over [`cost::BUDGET`]; `before` is their estimated cost.
+pub fn check_budget(before: u64, condition: &Condition) -> Result<(), String> {
+    let estimate = before.saturating_add(condition.cost);
+    if estimate > cost::BUDGET {
+        return Err(cost::CostError::OverBudget {
+            estimate,
+            budget: cost::BUDGET,
+        }
+        .to_string());
+    }
+    Ok(())
+}
+
 /// What the union of `conditions` reads.
 pub fn uses_of(conditions: &[Condition]) -> Uses {
     conditions
@@ -264,6 +319,65 @@ pub struct Bindings {
     pub actor: Option<Value>,
 }
 
+/// Where a policy's costly conditions (estimated over [`cost::INLINE_COST`])
+/// are evaluated: on the blocking pool rather than the request workers, one
+/// Check at a time per policy and at most one per CPU over all policies, so a
+/// tenant whose conditions are slow queues behind itself, never in front of
+/// another tenant's Checks.
+#[derive(Clone)]
+pub struct ConditionGate(Arc<tokio::sync::Semaphore>);
+
+/// How many costly evaluations run at once over all policies.
+static EVALUATORS: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+});
+
+impl ConditionGate {
+    /// A gate for one policy's rules.
+    pub fn new() -> Self {
+        ConditionGate(Arc::new(tokio::sync::Semaphore::new(1)))
+    }
+
+    /// Evaluates `conditions` off the request workers, after this policy's
+    /// earlier Checks.
+    pub async fn evaluate(
+        &self,
+        conditions: Arc<[Condition]>,
+        bindings: Bindings,
+    ) -> Result<(), ConditionFailure> {
+        // Neither semaphore is ever closed.
+        let _policy = self.0.acquire().await.ok();
+        let _evaluator = EVALUATORS.acquire().await.ok();
+        tokio::task::spawn_blocking(move || evaluate(&conditions, &bindings))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ConditionFailure::Error {
+                    index: 0,
+                    message: "the evaluation failed".into(),
+                })
+            })
+    }
+}
+
+impl Default for ConditionGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for ConditionGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConditionGate")
+    }
+}
+
+/// Every gate is equal: it holds no configuration.
+impl PartialEq for ConditionGate {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// Why the conditions did not let the request through.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConditionFailure {
@@ -281,21 +395,32 @@ pub enum ConditionFailure {
     },
 }
 
-/// Evaluates every condition in order; all must be `true`.
+/// Evaluates every condition in order; all must be `true`. Values larger
+/// than conditions are costed for ([`cost::Size::CLAIMS`],
+/// [`cost::Size::REQUEST`]) are not evaluated: an error, never an allow.
 pub fn evaluate(conditions: &[Condition], bindings: &Bindings) -> Result<(), ConditionFailure> {
     let mut context = Context::with_env(ENV.clone());
-    for (name, value) in [
-        ("claims", &bindings.claims),
-        ("request", &bindings.request),
-        ("token", &bindings.token),
-        ("actor", &bindings.actor),
+    for (name, value, bound) in [
+        ("claims", &bindings.claims, cost::Size::CLAIMS),
+        ("request", &bindings.request, cost::Size::REQUEST),
+        ("token", &bindings.token, cost::Size::CLAIMS),
+        ("actor", &bindings.actor, cost::Size::CLAIMS),
     ] {
-        if let Some(value) = value {
-            context.add_variable_from_value(name, value.clone());
+        let Some(value) = value else { continue };
+        if !cost::fits(value, bound) {
+            return Err(ConditionFailure::Error {
+                index: 0,
+                message: format!(
+                    "`{name}` is larger than conditions evaluate ({} entries, {} KiB)",
+                    bound.items,
+                    bound.bytes / 1024
+                ),
+            });
         }
+        context.add_variable_from_value(name, value.clone());
     }
     for (index, condition) in conditions.iter().enumerate() {
-        match condition.program.execute(&context) {
+        match Value::resolve(&condition.expression, &context) {
             Ok(Value::Bool(true)) => {}
             Ok(Value::Bool(false)) => return Err(ConditionFailure::False(index)),
             Ok(other) => {
@@ -419,6 +544,48 @@ mod tests {
             evaluate(&not_bool, &bindings(serde_json::json!({"n": 1}), request)),
             Err(ConditionFailure::Error { .. })
         ));
+    }
+
+    /// The deepest conditions `compile` accepts, of each shape, compile and
+    /// evaluate on a worker thread's 2 MiB stack (finding 3: a 1,500-term sum
+    /// overflowed it) even in this unoptimized build, whose frames are
+    /// several times larger than a release build's.
+    #[test]
+    fn the_deepest_accepted_conditions_evaluate_on_a_worker_stack() {
+        const STACK: usize = 2 * 1024 * 1024;
+        let deepest = |shape: &dyn Fn(usize) -> String| {
+            (1..cost::MAX_DEPTH)
+                .map(shape)
+                .take_while(|source| Condition::compile(source).is_ok())
+                .last()
+                .expect("a shallow one compiles")
+        };
+        let shapes: [&dyn Fn(usize) -> String; 4] = [
+            &|n| format!("{} > 0", vec!["claims.n"; n].join(" + ")),
+            &|n| format!("{}true", "!".repeat(n)),
+            &|n| format!("{}1{} == 1", "[".repeat(n), "]".repeat(n)),
+            &|n| {
+                (0..n).fold("claims.n == 1".to_string(), |body, i| {
+                    format!("[1].all(x{i}, {body})")
+                })
+            },
+        ];
+        let sources: Vec<String> = shapes.iter().map(|shape| deepest(shape)).collect();
+        let evaluated = std::thread::Builder::new()
+            .stack_size(STACK)
+            .spawn(move || {
+                let bindings = bindings(serde_json::json!({"n": 1}), serde_json::json!({}));
+                for source in &sources {
+                    let condition = [Condition::compile(source).expect("compiles here too")];
+                    // Whatever the answer, it is one: no overflow.
+                    let _ = evaluate(&condition, &bindings);
+                }
+                sources.len()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(evaluated, 4);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod builder;
 mod compile;
 pub mod conditions;
+pub mod cost;
 pub mod files;
 mod matching;
 mod sharded;

@@ -11,7 +11,12 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+
 use super::{Checked, bearer_request};
+
+/// Builds the Check a sender sends for a token.
+pub type RequestFor = Arc<dyn Fn(&str) -> CheckRequest + Send + Sync>;
 
 /// One kind of token in the mix, e.g. "good" or "forged".
 pub struct TokenKind {
@@ -118,13 +123,34 @@ pub struct Load {
 impl Load {
     /// Starts `connections` senders against `addr`, each with its own HTTP/2
     /// connection; with `rate` (Checks per second in all), they pace
-    /// themselves, otherwise they send as fast as answers come.
+    /// themselves, otherwise they send as fast as answers come. Each Check
+    /// is a [`bearer_request`].
     pub async fn start(
         addr: SocketAddr,
         kinds: Vec<TokenKind>,
         connections: usize,
         rate: Option<f64>,
         first_phase: &str,
+    ) -> Load {
+        Self::start_with(
+            addr,
+            kinds,
+            connections,
+            rate,
+            first_phase,
+            Arc::new(bearer_request),
+        )
+        .await
+    }
+
+    /// [`Load::start`], with the Check for a token built by `request`.
+    pub async fn start_with(
+        addr: SocketAddr,
+        kinds: Vec<TokenKind>,
+        connections: usize,
+        rate: Option<f64>,
+        first_phase: &str,
+        request: RequestFor,
     ) -> Load {
         let schedule: Arc<Vec<usize>> = Arc::new(
             kinds
@@ -163,6 +189,7 @@ impl Load {
                 recorder: recorder.clone(),
                 running: running.clone(),
                 period,
+                request: request.clone(),
             };
             tasks.push(tokio::spawn(sender.run()));
         }
@@ -217,6 +244,7 @@ struct Sender {
     running: Arc<AtomicBool>,
     /// Time between two Checks of this sender, when paced.
     period: Option<Duration>,
+    request: RequestFor,
 }
 
 impl Sender {
@@ -230,6 +258,7 @@ impl Sender {
             recorder,
             running,
             period,
+            request,
         } = self;
         let mut pace = period.map(|p| {
             let mut interval = tokio::time::interval(p);
@@ -244,7 +273,7 @@ impl Sender {
             let kind = &kinds[k];
             let token = &kind.tokens[sent[k].fetch_add(1, Ordering::Relaxed) % kind.tokens.len()];
             let started = Instant::now();
-            let answer = client.check(bearer_request(token)).await;
+            let answer = client.check(request(token)).await;
             let latency = started.elapsed();
             let mut recorder = recorder.lock().unwrap();
             let phase = &mut recorder.current;

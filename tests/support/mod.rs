@@ -274,6 +274,28 @@ pub fn claims(issuer: &str) -> Value {
     })
 }
 
+/// Issue 20, finding 2: eight nested `.all()` over ten-element lists, 244
+/// characters (the CRD allows 2,048) that took ~26 s per evaluation.
+pub fn nested_alls() -> String {
+    let ten = "[0,1,2,3,4,5,6,7,8,9]";
+    (0..8).fold("true".to_string(), |body, i| {
+        format!("{ten}.all(x{i}, {body})")
+    })
+}
+
+/// `claims` with a claim `list` of as many `0`s as a rule's conditions
+/// evaluate on ([`scopegate::policy::cost::MAX_CLAIMS_ITEMS`] entries with the
+/// other claims), signed by `key`: the largest input a condition can iterate
+/// over.
+pub fn largest_condition_token(key: &RsaKey, claims: &Value, list: &str) -> String {
+    let limit = scopegate::policy::cost::MAX_CLAIMS_ITEMS as usize;
+    // `aud` is an array, and `sub`, `iss`, … are entries too.
+    let others = claims.as_object().map_or(0, |c| c.len()) + 2;
+    let mut claims = claims.clone();
+    claims[list] = Value::Array(vec![json!(0); limit - others - 1]);
+    key.sign(&claims)
+}
+
 /// What the JWKS server answers.
 #[derive(Clone)]
 pub enum JwksReply {

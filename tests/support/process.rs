@@ -147,6 +147,19 @@ impl ScopegateProcess {
             .unwrap()
     }
 
+    /// Sends one Check over a new gRPC connection.
+    pub async fn send(
+        &self,
+        request: envoy_types::pb::envoy::service::auth::v3::CheckRequest,
+    ) -> super::Checked {
+        let answer = self.client().await.check(request).await;
+        super::Checked(
+            answer
+                .expect("Check succeeds at the gRPC level")
+                .into_inner(),
+        )
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
