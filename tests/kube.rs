@@ -585,7 +585,11 @@ async fn tenant_finding_1_replicas_started_after_an_invalid_edit_hold_the_host_b
     let second = start_scopegate_with(config()).await;
     // Loaded: the wildcard answers its other hosts.
     eventually("the second replica has listed the policies", || async {
-        second.check_host(OTHER, "GET", "/", &[]).await.http_status() == 200
+        second
+            .check_host(OTHER, "GET", "/", &[])
+            .await
+            .http_status()
+            == 200
     })
     .await;
     let held = second.check_host(PAY, "GET", "/orders", &[]).await;

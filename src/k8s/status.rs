@@ -737,7 +737,10 @@ mod tests {
         let mut failing = jwks(2, Some("HTTP 500"));
         failing.last_success = Some(now - Duration::from_secs(600));
         let failing = desired_status(&input(None), &PolicyState::Accepted, &one(failing), now);
-        assert!(worth_writing(&failing, Some(&written)), "anything else changed");
+        assert!(
+            worth_writing(&failing, Some(&written)),
+            "anything else changed"
+        );
         assert!(worth_writing(&written, None));
     }
 
@@ -752,7 +755,10 @@ mod tests {
             resource_version: Some(rv.into()),
             ..input(None)
         };
-        assert!(echo_pending(&written, &seen("100")), "an event from before the write");
+        assert!(
+            echo_pending(&written, &seen("100")),
+            "an event from before the write"
+        );
         assert!(!echo_pending(&written, &seen("120")), "the echo");
         assert!(!echo_pending(&written, &seen("130")), "someone wrote since");
     }
@@ -760,7 +766,9 @@ mod tests {
     #[tokio::test]
     async fn a_first_write_waits_for_the_first_key_fetch_and_a_right_status_is_not_written() {
         let source = crate::jwks::JwksSource::Uri(
-            "https://tenant.example.com/.well-known/jwks.json".parse().unwrap(),
+            "https://tenant.example.com/.well-known/jwks.json"
+                .parse()
+                .unwrap(),
         );
         let unfetched = JwksCache::unfetched(source);
         let mut state = WriterState::default();
@@ -768,12 +776,7 @@ mod tests {
             issuers: vec![("https://tenant.example.com/".into(), unfetched)],
             ..input(None)
         };
-        let right = desired_status(
-            &input(None),
-            &PolicyState::Accepted,
-            &[],
-            SystemTime::now(),
-        );
+        let right = desired_status(&input(None), &PolicyState::Accepted, &[], SystemTime::now());
         state.apply(vec![
             StatusChange::Set(key("waiting"), Box::new(waiting)),
             StatusChange::Set(key("new"), Box::new(input(None))),
@@ -782,7 +785,11 @@ mod tests {
         let pending: Vec<String> = state.pending().into_iter().map(|(k, _)| k.name).collect();
         assert_eq!(pending, vec!["new"]);
         assert_eq!(
-            state.dirty.iter().map(|k| k.name.as_str()).collect::<Vec<_>>(),
+            state
+                .dirty
+                .iter()
+                .map(|k| k.name.as_str())
+                .collect::<Vec<_>>(),
             vec!["waiting"],
             "stays dirty until its keys are fetched (or the wait ends)"
         );

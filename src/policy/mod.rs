@@ -21,8 +21,8 @@ pub use compile::{
 pub use matching::{AmbiguousPath, HostPattern, PathPattern, RequestPath, normalize_host};
 pub use sharded::ShardedMap;
 pub use snapshot::{
-    Candidate, HostEntry, PolicyEntry, PolicySnapshot, return_freed_memory, PolicyState, ReloadReport, ReportedState,
-    ServedIssuer, ServedPolicy, SnapshotHandle, Verification,
+    Candidate, HostEntry, PolicyEntry, PolicySnapshot, PolicyState, ReloadReport, ReportedState,
+    ServedIssuer, ServedPolicy, SnapshotHandle, Verification, return_freed_memory,
 };
 pub use spec::{
     DefaultAction, Mode, PopMechanism, ProofOfPossessionSpec, TokenPolicy, TokenPolicySpec,
