@@ -148,15 +148,21 @@ async fn finding_3_a_long_sum_neither_reloads_nor_crashes_the_server() {
     serve_refuses_reload_with(&long_sum(), "a condition may have at most 2048").await;
 }
 
-#[tokio::test]
-async fn finding_7_conditions_see_the_method_upper_case_as_rules_compare_it() {
+/// The real binary serving one rule, `/orders/**` with `condition`, with
+/// its keys fetched.
+async fn serve_condition(condition: &str) -> (JwksServer, tempfile::TempDir, ScopegateProcess) {
     let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
     let dir = tempfile::tempdir().unwrap();
-    let rules =
-        "  rules:\n    - paths: [\"/orders/**\"]\n      when: ['request.method != \"DELETE\"']\n";
-    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), rules);
+    let rules = format!("  rules:\n    - paths: [\"/orders/**\"]\n      when: ['{condition}']\n");
+    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), &rules);
     let sg = ScopegateProcess::serve_policy(dir.path(), &policy, &[], |_| {}).await;
     sg.wait_for_jwks_attempts_above(0).await;
+    (jwks, dir, sg)
+}
+
+#[tokio::test]
+async fn finding_7_conditions_see_the_method_upper_case_as_rules_compare_it() {
+    let (jwks, _dir, sg) = serve_condition("request.method != \"DELETE\"").await;
     let token = KEY_A.sign(&claims(&jwks.issuer()));
     assert_eq!(
         sg.send(check("get", "/orders/1", &token))
@@ -180,13 +186,7 @@ async fn finding_7_conditions_see_the_method_upper_case_as_rules_compare_it() {
 /// rule with conditions, never evaluated (and never allowed).
 #[tokio::test]
 async fn claims_larger_than_conditions_evaluate_are_denied_unevaluated() {
-    let jwks = JwksServer::start(vec![KEY_A.jwk()]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let rules =
-        "  rules:\n    - paths: [\"/orders/**\"]\n      when: ['claims.list.all(x, x == 0)']\n";
-    let policy = policy_yaml("orders", &jwks.issuer(), &jwks.jwks_uri(), rules);
-    let sg = ScopegateProcess::serve_policy(dir.path(), &policy, &[], |_| {}).await;
-    sg.wait_for_jwks_attempts_above(0).await;
+    let (jwks, _dir, sg) = serve_condition("claims.list.all(x, x == 0)").await;
     let largest = largest_condition_token(&KEY_A, &claims(&jwks.issuer()), "list");
     assert_eq!(
         sg.send(check("GET", "/orders/1", &largest))

@@ -254,14 +254,20 @@ impl ScopegateProcess {
             .collect()
     }
 
-    /// JWKS fetch attempts so far, over all sources (from `/readyz`).
+    /// JWKS fetch attempts so far, over all sources (from `/readyz`); 0
+    /// while the admin listener, which may start just after the gRPC one,
+    /// does not answer yet.
     pub async fn jwks_attempts(&self) -> u64 {
-        self.readyz_body().await["jwks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|source| source["fetchAttempts"].as_u64().unwrap())
-            .sum()
+        let Ok(response) = reqwest::get(format!("http://{}/readyz", self.admin_addr)).await else {
+            return 0;
+        };
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        body["jwks"].as_array().map_or(0, |sources| {
+            sources
+                .iter()
+                .map(|source| source["fetchAttempts"].as_u64().unwrap_or(0))
+                .sum()
+        })
     }
 
     /// Waits until the process has completed more than `count` JWKS fetches.
