@@ -496,6 +496,28 @@ async fn finding_1_hosts_stay_with_their_owner_until_it_is_deleted() {
     println!("owner deleted → rival Accepted and serving in {took:?}");
 }
 
+/// Waits until `name`'s status says `Invalid` with `message` in its
+/// message and records `host` as the one host it serves or holds.
+async fn invalid_and_holding(api: &Api<TokenPolicy>, name: &str, host: &str, message: &str) {
+    eventually(
+        &format!("{name} is Invalid ({message}) and holds {host}"),
+        || async {
+            api.get(name)
+                .await
+                .ok()
+                .and_then(|p| p.status)
+                .is_some_and(|status| {
+                    status.served_hosts == [host]
+                        && status
+                            .conditions
+                            .iter()
+                            .any(|c| c.reason == "Invalid" && c.message.contains(message))
+                })
+        },
+    )
+    .await;
+}
+
 /// Issue 20, finding 1: a host held for an owner whose edit is invalid is
 /// never answered by another namespace's wider wildcard — not by the
 /// replica that saw the last good version, nor by replicas started after
@@ -553,24 +575,7 @@ async fn tenant_finding_1_replicas_started_after_an_invalid_edit_hold_the_host_b
         .patch("owner", &PatchParams::default(), &Patch::Merge(&broken))
         .await
         .unwrap();
-    eventually(
-        "the owner's status records it Invalid, with its host",
-        || async {
-            owners
-                .get("owner")
-                .await
-                .ok()
-                .and_then(|p| p.status)
-                .is_some_and(|status| {
-                    status.served_hosts == [PAY]
-                        && status
-                            .conditions
-                            .iter()
-                            .any(|c| c.reason == "Invalid" && c.message.contains("keeps serving"))
-                })
-        },
-    )
-    .await;
+    invalid_and_holding(&owners, "owner", PAY, "keeps serving").await;
     assert_eq!(
         first
             .check_host(PAY, "GET", "/orders", &[])
@@ -613,21 +618,7 @@ async fn tenant_finding_1_replicas_started_after_an_invalid_edit_hold_the_host_b
     // owner's status from what it knows; a third replica started after
     // that still holds the host.
     first.running.shutdown().await;
-    eventually("the leader records the held host", || async {
-        owners
-            .get("owner")
-            .await
-            .ok()
-            .and_then(|p| p.status)
-            .is_some_and(|status| {
-                status.served_hosts == [PAY]
-                    && status
-                        .conditions
-                        .iter()
-                        .any(|c| c.reason == "Invalid" && c.message.contains("stay reserved"))
-            })
-    })
-    .await;
+    invalid_and_holding(&owners, "owner", PAY, "stay reserved").await;
     let third = start_scopegate_with(config()).await;
     eventually("the third replica has listed the policies", || async {
         third.check_host(OTHER, "GET", "/", &[]).await.http_status() == 200
