@@ -193,18 +193,6 @@ impl<'k> SnapshotBuilder<'k> {
         self.insert(seniority, errors, serving, held_hosts);
     }
 
-    /// Moves a candidate to another seniority, keeping its versions.
-    pub fn reorder(&mut self, seniority: Seniority) {
-        if let Some(previous) = self.take(&seniority.id) {
-            self.insert(
-                seniority,
-                previous.errors,
-                previous.serving,
-                previous.held_hosts,
-            );
-        }
-    }
-
     /// Removes a candidate; its hosts go to the next in line.
     pub fn remove(&mut self, id: &str) {
         if self.take(id).is_some() {
@@ -215,11 +203,6 @@ impl<'k> SnapshotBuilder<'k> {
     /// Whether the builder holds a version of `id` that serves.
     pub fn has_serving_version(&self, id: &str) -> bool {
         self.entries.get(id).is_some_and(|e| e.serving.is_some())
-    }
-
-    /// The seniority `id` was added with.
-    pub fn seniority_of(&self, id: &str) -> Option<&Seniority> {
-        self.entries.get(id).map(|e| &e.seniority)
     }
 
     fn serve(&mut self, policy: CompiledPolicy) -> Arc<ServedPolicy> {
